@@ -1,0 +1,1 @@
+"""Multi-teacher distillation of RADIO on DeepSpeed."""

@@ -1,0 +1,38 @@
+"""`radio-vlm` command line. Each subcommand lives in its own module, imported only when it runs.
+
+A subcommand module exposes `add_arguments(parser)` and `run(args) -> int | None`. `distill` and
+`llava_patch` build their own commands with `run_subcommands`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def run_subcommands(
+    prog: str, description: str, subcommands: dict[str, tuple[str, str]], argv: list[str] | None = None
+) -> int:
+    """Parse `argv` as `prog <subcommand> ...` and run the chosen subcommand's module."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(subcommands) + "}")
+    chosen = argv[0] if argv and argv[0] in subcommands else None
+    for name, (module, help_text) in subcommands.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:  # only the chosen command pays for its imports
+            importlib.import_module(module).add_arguments(sp)
+    args = parser.parse_args(argv)
+    return int(importlib.import_module(subcommands[args.command][0]).run(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_subcommands("radio-vlm", "Load, convert and run RADIO models.", SUBCOMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
