@@ -11,7 +11,9 @@ import importlib
 import sys
 
 # subcommand -> (module, one-line help)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo-data": ("radio_vlm.demo_data", "write the synthetic benchmark (LLaVA + official eval formats)"),
+}
 
 
 def run_subcommands(
