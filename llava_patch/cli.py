@@ -7,7 +7,10 @@ import sys
 from radio_vlm.cli import run_subcommands
 
 # subcommand -> (module, one-line help)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "score": ("llava_patch.eval.score", "Score answers as the official vqav2/textvqa/gqa/pope scorers do."),
+    "merge": ("llava_patch.eval.merge", "Concatenate chunked answer files in question order."),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
