@@ -12,6 +12,7 @@ import sys
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "export": ("radio_vlm.export", "re-save a model folder with its code, for trust_remote_code without radio_vlm"),
     "demo-data": ("radio_vlm.demo_data", "write the synthetic benchmark (LLaVA + official eval formats)"),
 }
 

@@ -1,0 +1,564 @@
+"""`RadioWithAdaptors`: transformers' `RadioModel` backbone plus what the official RADIO adds around it.
+
+Adds per-teacher adaptor heads, feature normalizers, `forward_intermediates`, ViTDet windowed attention,
+training-time CPE (random crops of the position table), the pre-2025-06-28 `align_corners=True` position
+interpolation, and the official resolution rules. The backbone's modules and weight names are kept; this
+file only runs its encoder layers itself (to window them and to read intermediate layers).
+
+Exported next to the weights for `trust_remote_code`: imports only torch, transformers and sibling files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel, RadioConfig, RadioModel
+from transformers import initialization as init
+from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.modeling_outputs import ModelOutput
+from transformers.models.radio.modeling_radio import RadioPatchEmbeddings
+
+from .adaptors import FeatureNormalizer, IntermediateFeatureNormalizer, RadioAdaptorHead
+from .configuration_radio_with_adaptors import RadioWithAdaptorsConfig
+from .windowing import packed_window_order, vitdet_schedule
+
+try:  # the E-RADIO backbone lives in its own files; absent files only disable that backbone type
+    from .modeling_eradio import ERadioModel
+except ImportError:
+    ERadioModel = None
+
+# backbone `model_type` -> model class (the config class is chosen by the same key in the config file)
+BACKBONE_MODEL_CLASSES: dict[str, type | None] = {"radio": RadioModel, "eradio": ERadioModel}
+
+
+class Resolution(NamedTuple):
+    height: int
+    width: int
+
+
+@dataclass
+class RadioOutput(ModelOutput):
+    """One head's outputs (the official `RadioOutput`).
+
+    summary: (B, C) float32 for adaptors, or None when the adaptor has no summary head.
+    features: (B, T, C) NLC or (B, C, h, w) NCHW; for packed input (sum of T_i, C).
+    """
+
+    summary: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+
+
+@dataclass
+class RadioWithAdaptorsOutput(ModelOutput):
+    """Output of [`RadioWithAdaptors`].
+
+    summary: (B, len(summary_idxs) * D), the flattened CLS tokens at `summary_idxs`.
+    features: (B, h*w, D) NLC or (B, D, h, w) NCHW, the patch tokens after the feature normalizer.
+        Packed input (`image_grid_hw`): summary (num_images, ...), features (sum_i h_i*w_i, D) NLC,
+        adaptor features (sum_i h_i*u * w_i*u, C) with u the head's upsample factor.
+    adaptors: {name: RadioOutput} per teacher head, float32.
+    last_hidden_state: (B, S + h*w, D) all tokens after the last block (packed: (1, total, D)).
+    hidden_states: with `output_hidden_states=True`, the embeddings and every block's output.
+    """
+
+    summary: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    adaptors: dict[str, RadioOutput] | None = None
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class RadioCPEPatchEmbeddings(RadioPatchEmbeddings):
+    """transformers' CPE patch generator plus the official training-time CPE and `align_corners` choice.
+
+    Eval: the table is resized bilinearly to a square max(h, w) and cropped top-left (as the parent does),
+    with `align_corners` configurable. Train (when `training_cpe`): each image reads a random crop of the
+    table (scale U(min_scale, 1), aspect exp(U(-log a, log a))) through `grid_sample(align_corners=True)`,
+    and its whole position embedding is dropped with probability `pos_dropout` (official `ViTPatchGenerator`).
+    """
+
+    def __init__(self, config: RadioConfig, cpe: RadioWithAdaptorsConfig):
+        super().__init__(config)
+        self.align_corners = cpe.pos_embed_align_corners
+        self.training_cpe = cpe.training_cpe
+        self.min_scale = cpe.cpe_min_scale
+        self.max_aspect = cpe.cpe_max_aspect
+        self.pos_dropout = cpe.cpe_pos_dropout
+
+    def _table(self) -> torch.Tensor:
+        return (
+            self.position_embedding.reshape(1, self.max_rows, self.max_cols, -1).permute(0, 3, 1, 2).float()
+        )
+
+    def _interpolate_position_embedding(
+        self, input_dims: tuple[int, int], dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Eval-time position embedding for an (h, w) grid, (1, h*w, D)."""
+        h, w = input_dims
+        if (h, w) == (self.max_rows, self.max_cols):
+            return self.position_embedding.to(dtype)
+        side = max(h, w)
+        pos = F.interpolate(
+            self._table(), size=(side, side), mode="bilinear", align_corners=self.align_corners
+        )
+        return pos[..., :h, :w].to(dtype).flatten(2).transpose(1, 2)
+
+    def _random_crop_position_embedding(self, input_dims: tuple[int, int], batch: int) -> torch.Tensor:
+        """A random crop of the table per image, resampled to the (h, w) grid: (batch, h*w, D) float32."""
+        (h, w), device = input_dims, self.position_embedding.device
+        scale = torch.empty(batch, 1, device=device).uniform_(self.min_scale, 1.0)
+        log_aspect = math.log(self.max_aspect)
+        aspect = torch.empty(batch, 1, device=device).uniform_(-log_aspect, log_aspect).exp()
+        scale_x, scale_y = (scale * aspect).clamp(0, 1), (scale / aspect).clamp(0, 1)
+        xs = torch.linspace(0, 1, w, device=device) * scale_x + torch.rand(batch, 1, device=device) * (
+            1 - scale_x
+        )
+        ys = torch.linspace(0, 1, h, device=device) * scale_y + torch.rand(batch, 1, device=device) * (
+            1 - scale_y
+        )
+        grid = (
+            torch.stack([xs[:, None, :].expand(-1, h, -1), ys[:, :, None].expand(-1, -1, w)], dim=-1) * 2 - 1
+        )
+        table = self._table().expand(batch, -1, -1, -1)
+        pos = F.grid_sample(table, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return pos.flatten(2).transpose(1, 2)
+
+    def position_embedding_for(
+        self, input_dims: tuple[int, int], batch: int, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Position embedding added to the patches of `batch` images of one grid: (1 or batch, h*w, D)."""
+        input_dims = tuple(input_dims)
+        if not self.training:
+            return self._interpolate_position_embedding(input_dims, dtype)
+        if self.training_cpe and input_dims != (self.max_rows, self.max_cols):
+            pos = self._random_crop_position_embedding(input_dims, batch).to(dtype)
+        else:
+            pos = self._interpolate_position_embedding(input_dims, dtype).expand(batch, -1, -1)
+        if self.pos_dropout > 0:
+            keep = torch.rand(batch, 1, 1, device=pos.device) >= self.pos_dropout
+            pos = pos * keep.to(dtype)
+        return pos
+
+    def _embed_dense_patches(self, pixel_values: torch.Tensor, projection: nn.Linear) -> torch.Tensor:
+        patches = projection(self._image_to_patches(pixel_values))
+        grid = (pixel_values.shape[-2] // self.patch_size, pixel_values.shape[-1] // self.patch_size)
+        patches = patches + self.position_embedding_for(grid, patches.shape[0], patches.dtype)
+        prefix = self.cls_register_token.unsqueeze(0).expand(patches.shape[0], -1, -1)
+        return torch.cat([prefix, patches], dim=1)
+
+    def _embed_packed_patches(
+        self, pixel_values: torch.Tensor, image_grid_hw: torch.LongTensor
+    ) -> torch.Tensor:
+        patches = self.patch_projection(pixel_values)
+        embeddings = []
+        for grid, image_patches in zip(
+            image_grid_hw.tolist(), patches.split(image_grid_hw.prod(-1).tolist())
+        ):
+            pos = self.position_embedding_for(grid, 1, patches.dtype)[0]
+            embeddings.extend([self.cls_register_token, image_patches + pos])
+        return torch.cat(embeddings).unsqueeze(0)
+
+
+class RadioWithAdaptors(PreTrainedModel):
+    """RADIO backbone (transformers `RadioModel`, or E-RADIO) with per-teacher adaptor heads.
+
+    Inputs are RGB in [0, 1]: the backbone's input conditioner applies the CLIP mean/std.
+    A non-ViT backbone (E-RADIO) must return an object with `summary` (B, C) and `features` (B, T, D)
+    from `backbone(pixel_values)`; ViTDet, intermediates and packed input need the ViT backbone.
+    """
+
+    config_class = RadioWithAdaptorsConfig
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["RadioLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    def __init__(self, config: RadioWithAdaptorsConfig):
+        super().__init__(config)
+        backbone_class = BACKBONE_MODEL_CLASSES.get(config.backbone_config.model_type)
+        if backbone_class is None:
+            raise ValueError(f"no backbone model for model_type {config.backbone_config.model_type!r}")
+        self.backbone = backbone_class(config.backbone_config)
+        if self.is_vit:
+            self.backbone.embeddings = RadioCPEPatchEmbeddings(config.backbone_config, config)
+        self.adaptors = nn.ModuleDict(
+            {name: RadioAdaptorHead(config.embed_dim, spec) for name, spec in config.adaptors.items()}
+        )
+        self.feature_normalizer = FeatureNormalizer(config.embed_dim) if config.feature_normalizer else None
+        inter = config.intermediate_feature_normalizer
+        self.inter_feature_normalizer = (
+            IntermediateFeatureNormalizer(
+                inter["num_intermediates"], config.embed_dim, inter.get("rot_per_layer", False)
+            )
+            if inter is not None
+            else None
+        )
+        self._vitdet_windowed: list[bool] | None = None
+        if config.vitdet_window_size is not None:
+            self.set_vitdet(config.vitdet_window_size, config.vitdet_num_global, config.vitdet_num_windowed)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, FeatureNormalizer):
+            init.zeros_(module.mean)
+            init.copy_(module.tx, torch.eye(module.tx.shape[0]))
+        elif isinstance(module, IntermediateFeatureNormalizer):
+            init.ones_(module.alphas)
+            init.zeros_(module.means)
+            init.copy_(module.rotation, torch.eye(module.rotation.shape[-1]).expand_as(module.rotation))
+        else:
+            super()._init_weights(module)
+
+    # ----- properties mirroring the official RADIOModel -----
+    @property
+    def is_vit(self) -> bool:
+        return isinstance(self.backbone, RadioModel)
+
+    @property
+    def patch_size(self) -> int:
+        return self.config.patch_size
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def window_size(self) -> int | None:
+        return self.config.vitdet_window_size
+
+    @property
+    def min_resolution_step(self) -> int:
+        """H and W must be multiples of this: patch_size * (ViTDet window or 1), or the backbone's own step."""
+        step = getattr(self.config.backbone_config, "min_resolution_step", self.patch_size)
+        return step * (self.window_size or 1)
+
+    @property
+    def max_resolution(self) -> int | None:
+        return self.config.max_resolution
+
+    @property
+    def preferred_resolution(self) -> Resolution | None:
+        res = self.config.preferred_resolution
+        return Resolution(*res) if res is not None else None
+
+    @property
+    def num_summary_tokens(self) -> int:
+        """CLS + register tokens before the patch tokens (0 for E-RADIO)."""
+        return self.config.backbone_config.num_summary_tokens if self.is_vit else 0
+
+    @property
+    def num_cls_tokens(self) -> int:
+        """CLS slots that heads may read: the backbone's, or more if an adaptor's `head_idx` is larger."""
+        heads = [spec["head_idx"] + 1 for spec in self.config.adaptors.values()]
+        return max([self.config.backbone_config.num_cls_tokens if self.is_vit else 1, *heads])
+
+    @property
+    def summary_dim(self) -> int:
+        return self.embed_dim * len(self.backbone.summary_idxs) if self.is_vit else self.embed_dim
+
+    def get_nearest_supported_resolution(self, height: int, width: int) -> Resolution:
+        """Each side rounded to the nearest multiple of `min_resolution_step` (Python round: ties to even),
+        at least one step; e.g. 437x641 -> 432x640 with step 16."""
+        step = self.min_resolution_step
+        return Resolution(*(max(step, int(round(side / step) * step)) for side in (height, width)))
+
+    def make_preprocessor_external(self) -> nn.Module:
+        """Detach the input conditioner ((x - mean) / std) and return it; the model then expects normalised input."""
+        return self.backbone.make_preprocessor_external()
+
+    def set_vitdet(
+        self, window_size: int | None, num_global: int | None = None, num_windowed: int | None = None
+    ):
+        """Enable ViTDet windowed attention with windows of `window_size` x `window_size` patches (None disables).
+
+        Schedule as the official `apply_vitdet_arch`: see `windowing.vitdet_schedule`. Input sides must then be
+        multiples of `patch_size * window_size`.
+        """
+        if window_size is None:
+            self._vitdet_windowed = None
+        else:
+            if not self.is_vit:
+                raise ValueError(
+                    "ViTDet windowed attention needs a ViT backbone; E-RADIO has its own windows"
+                )
+            if not isinstance(window_size, int) or window_size < 1:
+                raise ValueError(f"vitdet window_size must be a positive int (patches), got {window_size!r}")
+            depth = self.config.backbone_config.num_hidden_layers
+            self._vitdet_windowed = vitdet_schedule(depth, num_global, num_windowed)
+        self.config.vitdet_window_size = window_size
+        self.config.vitdet_num_global = num_global if window_size is not None else None
+        self.config.vitdet_num_windowed = num_windowed if window_size is not None else None
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, export_code: bool = False, **kwargs):
+        """`PreTrainedModel.save_pretrained`; with `export_code=True` also write this model's code files and an
+        `auto_map`, so `AutoModel.from_pretrained(dir, trust_remote_code=True)` works without `radio_vlm`."""
+        if not export_code:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        previous = getattr(self.config, "auto_map", None)
+        self.config.auto_map = {
+            "AutoConfig": f"{Path(__file__).stem.replace('modeling_', 'configuration_')}.RadioWithAdaptorsConfig",
+            "AutoModel": f"{Path(__file__).stem}.RadioWithAdaptors",
+        }
+        try:
+            result = super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.config.auto_map = previous
+        for source in [__file__, *get_relative_import_files(__file__)]:
+            shutil.copyfile(source, Path(save_directory) / Path(source).name)
+        return result
+
+    # ----- the ViT encoder, run block by block -----
+    def _check_resolution(self, pixel_values: torch.Tensor, image_grid_hw: torch.Tensor | None) -> None:
+        if image_grid_hw is None:
+            height, width = pixel_values.shape[-2:]
+            if height % self.min_resolution_step or width % self.min_resolution_step:
+                # the official message (radio_model.py), recorded in fixtures/radio_reference/resolution_rules.json
+                raise ValueError(
+                    "The input resolution must be a multiple of "
+                    f"`self.min_resolution_step={self.min_resolution_step}`. "
+                    "`self.get_nearest_supported_resolution(<height>, <width>) is provided as a convenience API. "
+                    f"Input: {pixel_values.shape[-2:]}, "
+                    f"Nearest: {self.get_nearest_supported_resolution(height, width)}"
+                )
+        elif self.window_size is not None:
+            for i, (h, w) in enumerate(image_grid_hw.tolist()):
+                if h % self.window_size or w % self.window_size:
+                    raise ValueError(
+                        f"image {i} of the packed batch has a {h}x{w} patch grid; with ViTDet window "
+                        f"{self.window_size} both sides must be multiples of it (pixels: multiples of "
+                        f"{self.min_resolution_step}); see get_nearest_supported_resolution"
+                    )
+
+    def _embed(self, pixel_values: torch.Tensor, image_grid_hw: torch.Tensor | None):
+        """Token sequence before the first block and the patch grid of each image.
+
+        Returns (hidden (B, S + h*w, D) or packed (1, total, D), grids [(h, w)] per image).
+        """
+        if not self.is_vit:
+            raise ValueError("this operation needs a ViT backbone (model_type 'radio')")
+        self._check_resolution(pixel_values, image_grid_hw)
+        backbone, p = self.backbone, self.patch_size
+        if image_grid_hw is None:
+            hidden = backbone.embeddings(backbone.input_conditioner(pixel_values))
+            grids = [(pixel_values.shape[-2] // p, pixel_values.shape[-1] // p)] * pixel_values.shape[0]
+            return hidden, grids
+        channels = self.config.backbone_config.num_channels
+        pixels = backbone.input_conditioner(pixel_values.reshape(-1, channels, p, p))
+        hidden = backbone.embeddings(pixels.flatten(1), image_grid_hw)
+        return hidden, [tuple(g) for g in image_grid_hw.tolist()]
+
+    def _run_blocks(self, hidden: torch.Tensor, grids: list, packed: bool, keep: set[int], last: int):
+        """Run blocks 0..last; return {i: output of block i (row-major order)} for i in `keep` plus `last`."""
+        num_prefix = self.num_summary_tokens
+        kwargs = {}
+        if packed and len(grids) > 1:
+            lengths = torch.tensor([h * w + num_prefix for h, w in grids], device=hidden.device)
+            kwargs["cu_seqlens"] = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+        windowed = self._vitdet_windowed
+        inverse = None
+        if windowed is not None:
+            image_grids = grids if packed else grids[:1]
+            order, patch_positions = packed_window_order(
+                image_grids, num_prefix, self.window_size, hidden.device
+            )
+            inverse = torch.argsort(order)
+            hidden = hidden[:, order]
+            window_tokens = self.window_size**2
+        outputs = {}
+        for i, layer in enumerate(self.backbone.encoder.layer[: last + 1]):
+            if windowed is not None and windowed[i]:
+                patches = hidden[:, patch_positions]
+                patches = layer(patches.reshape(-1, window_tokens, patches.shape[-1])).reshape(patches.shape)
+                hidden = hidden.index_copy(1, patch_positions, patches)
+            else:
+                hidden = layer(hidden, **kwargs)
+            if i in keep or i == last:
+                outputs[i] = hidden if inverse is None else hidden[:, inverse]
+        return outputs
+
+    def _split_tokens(self, tokens: torch.Tensor, grids: list, packed: bool):
+        """(cls (N, num_cls, D), patches (N, h*w, D) or packed (sum h*w, D)) from a block's output."""
+        num_prefix, num_cls = self.num_summary_tokens, self.num_cls_tokens
+        if not packed:
+            return tokens[:, :num_cls], tokens[:, num_prefix:]
+        lengths = [h * w + num_prefix for h, w in grids]
+        per_image = tokens[0].split(lengths)
+        return torch.stack([t[:num_cls] for t in per_image]), torch.cat([t[num_prefix:] for t in per_image])
+
+    def _format(self, features: torch.Tensor, grid: tuple[int, int], feature_fmt: str) -> torch.Tensor:
+        if feature_fmt == "NLC":
+            return features
+        return features.reshape(features.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2)
+
+    def _head_outputs(
+        self, cls_tokens, features, grids, packed: bool, feature_fmt: str
+    ) -> dict[str, RadioOutput]:
+        outputs = {}
+        for name, head in self.adaptors.items():
+            if packed:
+                chunks = features.split([h * w for h, w in grids])
+                parts = [head.forward_features(c[None], g) for c, g in zip(chunks, grids)]
+                feats = None if parts[0] is None else torch.cat([p[0] for p in parts])
+            else:
+                feats = head.forward_features(features, grids[0])
+                if feats is not None:
+                    u = head.upsample_factor
+                    feats = self._format(feats, (grids[0][0] * u, grids[0][1] * u), feature_fmt)
+            outputs[name] = RadioOutput(summary=head.forward_summary(cls_tokens), features=feats)
+        return outputs
+
+    def _check_fmt(self, feature_fmt: str, packed: bool) -> None:
+        if feature_fmt not in ("NLC", "NCHW"):
+            raise ValueError(f"feature_fmt must be 'NLC' or 'NCHW', got {feature_fmt!r}")
+        if packed and feature_fmt != "NLC":
+            raise ValueError(
+                "packed input (image_grid_hw) gives NLC features only: split them by image_grid_hw"
+            )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        feature_fmt: str = "NLC",
+        image_grid_hw: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        **kwargs,
+    ) -> RadioWithAdaptorsOutput:
+        """Summary, features and every adaptor's outputs.
+
+        pixel_values: (B, 3, H, W) RGB in [0, 1], H and W multiples of `min_resolution_step`; or, with
+            `image_grid_hw` (num_images, 2) patch grids, the concatenated flattened patches
+            (sum_i h_i*w_i, 3*p*p) of differently sized images (channel-major patches, as RadioModel packs).
+        """
+        packed = image_grid_hw is not None
+        self._check_fmt(feature_fmt, packed)
+        if not self.is_vit:
+            if packed or output_hidden_states:
+                raise ValueError("packed input and hidden states need a ViT backbone (model_type 'radio')")
+            return self._forward_other_backbone(pixel_values, feature_fmt)
+        hidden, grids = self._embed(pixel_values, image_grid_hw)
+        depth = len(self.backbone.encoder.layer)
+        keep = set(range(depth)) if output_hidden_states else set()
+        outputs = self._run_blocks(hidden, grids, packed, keep, depth - 1)
+        hidden_states = (hidden, *(outputs[i] for i in range(depth))) if output_hidden_states else None
+        return self._final_outputs(outputs[depth - 1], grids, packed, feature_fmt, hidden_states)
+
+    def _final_outputs(
+        self, last: torch.Tensor, grids: list, packed: bool, feature_fmt: str, hidden_states=None
+    ):
+        cls_tokens, patches = self._split_tokens(last, grids, packed)
+        summary = cls_tokens[:, self.backbone.summary_idxs].flatten(1)
+        features = self.feature_normalizer(patches) if self.feature_normalizer is not None else patches
+        return RadioWithAdaptorsOutput(
+            summary=summary,
+            features=features if packed else self._format(features, grids[0], feature_fmt),
+            adaptors=self._head_outputs(cls_tokens, features, grids, packed, feature_fmt),
+            last_hidden_state=last,
+            hidden_states=hidden_states,
+        )
+
+    def _forward_other_backbone(
+        self, pixel_values: torch.Tensor, feature_fmt: str
+    ) -> RadioWithAdaptorsOutput:
+        out = self.backbone(pixel_values)
+        features = out.features
+        if self.feature_normalizer is not None:
+            features = self.feature_normalizer(features)
+        grid = (pixel_values.shape[-2] // self.patch_size, pixel_values.shape[-1] // self.patch_size)
+        cls_tokens = out.summary[:, None]  # no CLS token: the summary (mean of features) feeds every head
+        return RadioWithAdaptorsOutput(
+            summary=out.summary,
+            features=self._format(features, grid, feature_fmt),
+            adaptors=self._head_outputs(cls_tokens, features, [grid], False, feature_fmt),
+        )
+
+    def forward_intermediates(
+        self,
+        pixel_values: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        return_prefix_tokens: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        aggregation: str = "sparse",
+        norm_alpha_scheme: str = "post-alpha",
+        image_grid_hw: torch.Tensor | None = None,
+    ):
+        """Block outputs at `indices`, as the official `RADIOModel.forward_intermediates`.
+
+        indices: an int n takes the last n blocks; a list takes those blocks (negative counts from the end);
+            None takes every block.
+        aggregation: "sparse" takes each chosen block's output; "dense" averages all blocks of the group that
+            ends at each chosen index ("Dense Connector", Yao et al. 2024).
+        norm_alpha_scheme: with an intermediate feature normalizer, "post-alpha" scales the group mean by the
+            mean alpha, "pre-alpha" averages alpha-scaled layers, "none" skips the normalizer.
+        Returns a list with one entry per index: features (B, D, h, w) NCHW or (B, h*w, D) NLC, or with
+        `return_prefix_tokens` a `RadioOutput(summary=(B, len(summary_idxs)*D) un-normalised CLS, features)`.
+        Unless `intermediates_only`, returns `(final RadioWithAdaptorsOutput, intermediates)`.
+        """
+        if aggregation not in ("sparse", "dense"):
+            raise ValueError(f"aggregation must be 'sparse' or 'dense', got {aggregation!r}")
+        if norm_alpha_scheme not in ("post-alpha", "pre-alpha", "none"):
+            raise ValueError(
+                f"norm_alpha_scheme must be 'post-alpha', 'pre-alpha' or 'none', got {norm_alpha_scheme!r}"
+            )
+        packed = image_grid_hw is not None
+        self._check_fmt(output_fmt, packed)
+        depth = len(self.backbone.encoder.layer) if self.is_vit else 0
+        take = self._take_indices(depth, indices)
+        hidden, grids = self._embed(pixel_values, image_grid_hw)
+        last = take[-1] if intermediates_only else depth - 1  # stop early when the final output is not needed
+        keep = set(range(take[-1] + 1)) if aggregation == "dense" else set(take)
+        outputs = self._run_blocks(hidden, grids, packed, keep, last)
+        normalizer = self.inter_feature_normalizer if norm_alpha_scheme != "none" else None
+        intermediates, start = [], 0
+        for index in take:
+            group = range(start, index + 1) if aggregation == "dense" else [index]
+            start = index + 1
+            cls_tokens, features = self._aggregate(
+                outputs, group, index, grids, packed, normalizer, norm_alpha_scheme
+            )
+            features = features if packed else self._format(features, grids[0], output_fmt)
+            if return_prefix_tokens:
+                summary = cls_tokens[:, self.backbone.summary_idxs].flatten(1)
+                intermediates.append(RadioOutput(summary=summary, features=features))
+            else:
+                intermediates.append(features)
+        if intermediates_only:
+            return intermediates
+        return self._final_outputs(outputs[depth - 1], grids, packed, output_fmt), intermediates
+
+    @staticmethod
+    def _take_indices(depth: int, indices) -> list[int]:
+        if indices is None:
+            indices = depth
+        if isinstance(indices, int):
+            if not 1 <= indices <= depth:
+                raise ValueError(f"indices={indices} must take between 1 and {depth} (the depth) last blocks")
+            return list(range(depth - indices, depth))
+        take = sorted({depth + i if i < 0 else i for i in indices})
+        if not take or take[0] < 0 or take[-1] >= depth:
+            raise ValueError(f"indices {list(indices)} must be block indices in [-{depth}, {depth - 1}]")
+        return take
+
+    def _aggregate(self, outputs, group, index, grids, packed, normalizer, scheme):
+        """Mean over `group` of (CLS tokens, patch tokens), patches normalised per layer (official scheme)."""
+        cls_sum, feat_sum, alpha_sum = 0, 0, 0
+        for j in group:
+            cls_tokens, patches = self._split_tokens(outputs[j], grids, packed)
+            alpha = 1.0
+            if normalizer is not None:
+                patches = normalizer(patches, j, rot_index=index)
+                alpha = normalizer.alphas[j]
+            if scheme == "pre-alpha":
+                patches, alpha = alpha * patches, 1.0
+            cls_sum, feat_sum, alpha_sum = cls_sum + cls_tokens, feat_sum + patches, alpha_sum + alpha
+        n = len(group)
+        return cls_sum / n, (alpha_sum / n) * (feat_sum / n)

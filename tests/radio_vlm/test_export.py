@@ -1,0 +1,75 @@
+"""save_pretrained(export_code=True) / `radio-vlm export`: loading with trust_remote_code, radio_vlm blocked."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+
+from radio_vlm.cli import main
+from radio_vlm.tiny import build_tiny_radio
+
+BLOCKED_LOAD = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class BlockRadioVlm(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "radio_vlm" or name.startswith("radio_vlm."):
+                raise ImportError("radio_vlm is blocked in this process")
+    sys.meta_path.insert(0, BlockRadioVlm())
+    import torch
+    from transformers import AutoModel
+    folder = sys.argv[1]
+    try:
+        import radio_vlm  # noqa: F401
+        raise SystemExit("radio_vlm was importable")
+    except ImportError:
+        pass
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    assert not type(model).__module__.startswith("radio_vlm"), type(model).__module__
+    out = model(torch.load(folder + "/x.pt"))
+    torch.save({"features": out.features, "sam": out.adaptors["sam"].features}, folder + "/y_remote.pt")
+    """
+)
+
+
+def run_blocked(folder: Path) -> None:
+    env = {**os.environ, "HF_MODULES_CACHE": str(folder / "hf_modules"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCKED_LOAD, str(folder)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_export_code_loads_without_radio_vlm(tmp_path):
+    model = build_tiny_radio("tiny-radio")
+    model.save_pretrained(tmp_path, export_code=True)
+    assert {"modeling_radio_with_adaptors.py", "adaptors.py", "windowing.py"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+    assert model.config.auto_map is None  # the in-memory config is left as it was
+    x = torch.rand(1, 3, 32, 48)
+    torch.save(x, tmp_path / "x.pt")
+    run_blocked(tmp_path)
+    remote = torch.load(tmp_path / "y_remote.pt")
+    out = model(x)
+    torch.testing.assert_close(remote["features"], out.features, rtol=0, atol=0)
+    torch.testing.assert_close(remote["sam"], out.adaptors["sam"].features, rtol=0, atol=0)
+
+
+def test_cli_export(tmp_path):
+    model = build_tiny_radio("tiny-radio")
+    model.save_pretrained(tmp_path / "plain")
+    assert not (tmp_path / "plain" / "modeling_radio_with_adaptors.py").exists()
+    assert main(["export", str(tmp_path / "plain"), str(tmp_path / "exported")]) == 0
+    config = (tmp_path / "exported" / "config.json").read_text()
+    assert '"AutoModel": "modeling_radio_with_adaptors.RadioWithAdaptors"' in config
+    assert (tmp_path / "exported" / "modeling_radio_with_adaptors.py").is_file()
