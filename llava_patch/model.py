@@ -1,0 +1,133 @@
+"""Assemble and load RADIO-LLaVA: transformers' stock `LlavaForConditionalGeneration` with
+`RadioLlavaVisionModel` as vision tower, LLaVA-1.5's `mlp2x_gelu` projector and a LLaMA/Vicuna LLM.
+
+    from llava_patch.model import build, load_pretrained
+    model, processor = build("tiny-radio", "tiny-llama")            # or local folders
+    model.save_pretrained(out); processor.save_pretrained(out)      # what `radio-llava train` writes
+    model, processor = load_pretrained(out)                         # any saved run or checkpoint folder
+    inputs = processor("USER: <image>\\nWhat is it? ASSISTANT:", images=[image])
+    ids = model.generate(**inputs, max_new_tokens=16)
+
+Both arguments of `build` take a local folder or a registered tiny twin (`radio_vlm.tiny.list_tiny_models()`,
+`llava_patch.llm.list_tiny_llms()`); a vision folder holds a `RadioWithAdaptors` (e.g. from
+`radio-vlm convert`) or a `RadioLlavaVisionModel`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import LlavaConfig, LlavaForConditionalGeneration, PreTrainedModel
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+import radio_vlm  # noqa: F401  registers the RADIO configs/models with AutoConfig/AutoModel
+from radio_vlm import RadioLlavaVisionModel, RadioWithAdaptors
+from radio_vlm.image_processing_radio import RadioImageProcessor
+from radio_vlm.tiny import build_tiny_radio, list_tiny_models
+
+from .llm import load_llm
+from .processing import RadioLlavaProcessor, add_image_token
+
+PROJECTORS = (
+    "mlp2x_gelu",
+)  # LLaVA-1.5's: Linear -> GELU -> Linear, = transformers' LlavaMultiModalProjector
+# Patch tokens at the paper's LLaVA resolution: long edge 432 px, patch 16 -> at most 27 x 27.
+LONG_EDGE = 432
+
+
+def load_vision_tower(
+    name_or_path: str | RadioLlavaVisionModel,
+    feature_sources: list[str] | None = None,
+    output_layernorm: bool = False,
+    trainable: bool = False,
+) -> RadioLlavaVisionModel:
+    """A `RadioLlavaVisionModel` from a tiny twin name, a `RadioWithAdaptors` folder or a saved tower folder."""
+    if isinstance(name_or_path, RadioLlavaVisionModel):
+        return name_or_path
+    settings = {
+        "feature_sources": feature_sources,
+        "output_layernorm": output_layernorm,
+        "trainable": trainable,
+    }
+    if name_or_path in list_tiny_models():
+        return RadioLlavaVisionModel.from_radio(build_tiny_radio(name_or_path), **settings)
+    config_file = Path(name_or_path) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"--vision-tower {name_or_path!r} is neither a folder with config.json nor a tiny twin "
+            f"({list_tiny_models()}); convert an official RADIO checkpoint with `radio-vlm convert`"
+        )
+    if json.loads(config_file.read_text()).get("model_type") == RadioLlavaVisionModel.config_class.model_type:
+        return RadioLlavaVisionModel.from_pretrained(name_or_path)
+    return RadioLlavaVisionModel.from_radio(RadioWithAdaptors.from_pretrained(name_or_path), **settings)
+
+
+def build_model(
+    vision_tower: str | RadioLlavaVisionModel,
+    llm: str | PreTrainedModel,
+    projector: str = "mlp2x_gelu",
+    tokenizer=None,
+) -> LlavaForConditionalGeneration:
+    """`LlavaForConditionalGeneration` from a RADIO tower and a causal LM, with a new randomly initialised
+    projector (PyTorch's default Linear init, as LLaVA). `<image>` is added to `tokenizer` (needed when
+    `llm` is a model; loaded with it when `llm` is a name) and the embeddings resized (new rows = mean)."""
+    if projector not in PROJECTORS:
+        raise ValueError(f"projector {projector!r} is not supported: choose one of {PROJECTORS}")
+    tower = load_vision_tower(vision_tower)
+    if not isinstance(llm, PreTrainedModel):
+        llm, tokenizer = load_llm(llm)
+    if tokenizer is None:
+        raise ValueError("build_model(llm=<model>) needs the LLM's tokenizer: pass tokenizer=")
+    image_token_id = add_image_token(tokenizer)
+    config = LlavaConfig(
+        vision_config=tower.config,
+        text_config=llm.config,
+        image_token_id=image_token_id,
+        vision_feature_layer=-1,  # the tower answers every layer request with its feature_sources
+        vision_feature_select_strategy="full",  # the tower already dropped CLS/register tokens
+        projector_hidden_act="gelu",
+        image_seq_length=(LONG_EDGE // tower.patch_size) ** 2,  # informational only
+        tie_word_embeddings=getattr(llm.config, "tie_word_embeddings", False),
+    )
+    with torch.device("meta"):  # placeholders only: the real tower and LLM modules are moved in below
+        model = LlavaForConditionalGeneration(config)
+    model.model.vision_tower = tower
+    model.model.language_model = llm.model
+    model.lm_head = llm.lm_head
+    dtype = next(llm.parameters()).dtype
+    model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(dtype)
+    model.resize_token_embeddings(len(tokenizer))
+    model.config.text_config.vocab_size = len(tokenizer)
+    return model
+
+
+def build(
+    vision_tower: str,
+    llm: str,
+    projector: str = "mlp2x_gelu",
+    feature_sources: list[str] | None = None,
+    output_layernorm: bool = False,
+    trainable_vision_tower: bool = False,
+    long_edge: int | None = None,
+) -> tuple[LlavaForConditionalGeneration, RadioLlavaProcessor]:
+    """A new RADIO-LLaVA model and its processor: images resized on the long edge to `long_edge` px
+    (default 432, the paper's setting, or the tower's max resolution if smaller)."""
+    tower = load_vision_tower(vision_tower, feature_sources, output_layernorm, trainable_vision_tower)
+    llm_model, tokenizer = load_llm(llm)
+    model = build_model(tower, llm_model, projector, tokenizer=tokenizer)
+    radio_config = tower.config.radio_config
+    if long_edge is None:
+        long_edge = min(LONG_EDGE, radio_config.max_resolution or LONG_EDGE)
+    image_processor = RadioImageProcessor.from_model_config(radio_config, long_edge=long_edge)
+    return model, RadioLlavaProcessor(tokenizer, image_processor)
+
+
+def load_pretrained(
+    directory: str | Path, dtype: torch.dtype | None = None
+) -> tuple[LlavaForConditionalGeneration, RadioLlavaProcessor]:
+    """(model, processor) saved by `radio-llava train` (an output folder or a `checkpoint-N` folder with
+    full weights; for LoRA runs, `radio-llava merge-lora` first)."""
+    model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype)
+    return model, RadioLlavaProcessor.from_pretrained(directory)

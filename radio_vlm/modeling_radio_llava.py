@@ -1,0 +1,122 @@
+"""`RadioLlavaVisionModel`: RADIO as the vision tower that transformers' `LlavaForConditionalGeneration` hosts.
+
+LLaVA calls its tower as `vision_tower(pixel_values, return_dict=True, output_hidden_states=<layer>,
+image_sizes=...)`, takes `hidden_states[vision_feature_layer]`, projects it, and splits the packed result
+per image by `prod(image_sizes // vision_tower.patch_size)` (the Pixtral convention). This model returns
+only patch tokens (no CLS/register tokens) and answers every layer request with its configured feature
+sources, so the LLaVA config uses `vision_feature_layer=-1` and `vision_feature_select_strategy="full"`;
+which layer or adaptor the LLM sees is this model's `feature_sources`.
+
+Exported next to the weights for `trust_remote_code`: imports only torch, transformers and sibling files.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .configuration_radio_llava import RadioLlavaVisionConfig, parse_feature_source
+from .image_processing_radio import patchify
+from .modeling_radio_with_adaptors import RadioWithAdaptors
+
+
+class RadioLlavaVisionModel(PreTrainedModel):
+    """Patch features of RADIO for LLaVA.
+
+    forward(pixel_values, image_sizes=None):
+        pixel_values: (N, 3, H, W) RGB in [0, 1]; images padded bottom/right to a common size.
+        image_sizes: (N, 2) each image's (height, width) in px inside its padded tensor, multiples of the
+            patch size. Given, the images are cropped to their sizes and run packed: last_hidden_state is
+            (1, sum_i h_i*w_i / p^2, hidden_size). Absent, all images are (H, W): (N, H*W/p^2, hidden_size).
+    `hidden_states` is `(last_hidden_state,)`: any `vision_feature_layer` LLaVA asks for (-1 or 0) gets it.
+    """
+
+    config_class = RadioLlavaVisionConfig
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["RadioLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    def __init__(self, config: RadioLlavaVisionConfig):
+        super().__init__(config)
+        self.radio = RadioWithAdaptors(config.radio_config)
+        self.layernorm = nn.LayerNorm(config.hidden_size) if config.output_layernorm else None
+        self.patch_size = config.patch_size
+        self.sources = [parse_feature_source(s) for s in config.feature_sources]
+        self.post_init()
+        self.requires_grad_(config.trainable)
+        self.train(self.training)  # applies the eval-mode rule below from construction on
+
+    @classmethod
+    def from_radio(cls, radio: RadioWithAdaptors, **config_kwargs) -> RadioLlavaVisionModel:
+        """Wrap a loaded `RadioWithAdaptors` (weights copied); `config_kwargs` are `RadioLlavaVisionConfig`
+        fields (feature_sources, output_layernorm, trainable)."""
+        model = cls(RadioLlavaVisionConfig(radio_config=radio.config.to_dict(), **config_kwargs))
+        model.radio.load_state_dict(radio.state_dict())
+        return model.to(next(radio.parameters()).dtype)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if module is self.layernorm:
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        else:
+            self.radio._init_weights(module)
+
+    def train(self, mode: bool = True) -> RadioLlavaVisionModel:
+        # A frozen tower stays in eval mode: RADIO's train mode crops and drops position embeddings (CPE).
+        return super().train(mode and self.config.trainable)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.radio.backbone.embeddings
+
+    def forward(
+        self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        grid_hw = None
+        if image_sizes is not None:
+            sizes = torch.as_tensor(image_sizes).tolist()
+            if any(h % self.patch_size or w % self.patch_size for h, w in sizes):
+                raise ValueError(
+                    f"image_sizes {sizes} must be multiples of the patch size {self.patch_size}: pass the "
+                    "padded sizes RadioLlavaProcessor returns"
+                )
+            pixel_values = torch.cat(
+                [patchify(im[:, :h, :w], self.patch_size) for im, (h, w) in zip(pixel_values, sizes)]
+            )
+            grid_hw = torch.tensor(sizes, device=pixel_values.device) // self.patch_size
+        features = self._features(pixel_values, grid_hw)
+        if grid_hw is not None:
+            features = features[None]  # packed: (1, sum h*w, D)
+        if self.layernorm is not None:
+            features = self.layernorm(features)
+        return BaseModelOutputWithPooling(last_hidden_state=features, hidden_states=(features,))
+
+    def _features(self, pixel_values: torch.Tensor, grid_hw: torch.Tensor | None) -> torch.Tensor:
+        """Concatenated feature sources: (sum h*w, D) packed, or (N, h*w, D)."""
+        depth = len(self.radio.backbone.encoder.layer)
+        layers = sorted({arg % depth for kind, arg in self.sources if kind == "layer"})
+        if layers:
+            only_layers = all(kind == "layer" for kind, _ in self.sources)
+            result = self.radio.forward_intermediates(
+                pixel_values,
+                indices=layers,
+                output_fmt="NLC",
+                intermediates_only=only_layers,
+                image_grid_hw=grid_hw,
+            )
+            out, intermediates = (None, result) if only_layers else result
+            by_layer = dict(zip(layers, intermediates))
+        else:
+            out, by_layer = self.radio(pixel_values, feature_fmt="NLC", image_grid_hw=grid_hw), {}
+        parts = []
+        for kind, arg in self.sources:
+            if kind == "backbone":
+                parts.append(out.features)
+            elif kind == "layer":
+                parts.append(by_layer[arg % depth])
+            else:
+                parts.append(out.adaptors[arg].features.to(out.features.dtype))
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]

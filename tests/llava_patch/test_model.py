@@ -1,0 +1,91 @@
+"""RADIO-LLaVA assembly: packed towers, feature sources, processor token counts, save/load, generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llava_patch.model import build, load_pretrained, load_vision_tower
+from radio_vlm import RadioLlavaVisionModel
+
+PROMPTS = ["USER: <image>\nwhat color is it ASSISTANT:", "<image> a photo of"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build("tiny-radio", "tiny-llama", long_edge=64)
+
+
+@pytest.fixture(scope="module")
+def images():
+    generator = torch.Generator().manual_seed(0)
+    return [torch.rand(3, 48, 64, generator=generator), torch.rand(3, 64, 20, generator=generator)]
+
+
+def test_mixed_size_batch_equals_images_one_by_one(tiny, images):
+    model, processor = tiny
+    inputs = processor(PROMPTS, images=images)
+    # 48x64 stays 48x64 (3x4 patches); 64x20 stays 64x20, padded to 64x32 (4x2 patches)
+    assert inputs["image_sizes"].tolist() == [[48, 64], [64, 32]]
+    assert (inputs["input_ids"] == processor.image_token_id).sum(1).tolist() == [12, 8]
+    with torch.no_grad():
+        packed = model.model.get_image_features(
+            inputs["pixel_values"], image_sizes=inputs["image_sizes"]
+        ).pooler_output
+        for i, (h, w) in enumerate(inputs["image_sizes"].tolist()):
+            alone = model.model.get_image_features(
+                inputs["pixel_values"][i : i + 1, :, :h, :w]
+            ).pooler_output[0]
+            torch.testing.assert_close(packed[i], alone, atol=1e-5, rtol=1e-5)
+        out = model(**inputs, labels=inputs["input_ids"])
+    assert torch.isfinite(out.loss) and out.logits.shape[:2] == inputs["input_ids"].shape
+
+
+def test_feature_sources_concatenate(images):
+    sources = ["backbone", "adaptor:clip", "layer:0"]
+    tower = load_vision_tower("tiny-radio", feature_sources=sources)
+    assert tower.config.hidden_size == 32 + 32 + 32
+    pixels = images[0][None]
+    with torch.no_grad():
+        parts = [
+            load_vision_tower("tiny-radio", feature_sources=[s])(pixels).last_hidden_state for s in sources
+        ]
+        torch.testing.assert_close(tower(pixels).last_hidden_state, torch.cat(parts, -1))
+        radio_out = tower.radio(pixels)
+        torch.testing.assert_close(parts[0], radio_out.features)
+        torch.testing.assert_close(parts[1], radio_out.adaptors["clip"].features)
+    assert not torch.allclose(parts[0], parts[2])
+    with pytest.raises(ValueError, match="no feature head 'nope'"):
+        load_vision_tower("tiny-radio", feature_sources=["adaptor:nope"])
+
+
+def test_tower_frozen_in_eval_unless_trainable(images):
+    frozen = load_vision_tower("tiny-radio", output_layernorm=True)
+    frozen.train()
+    assert not frozen.radio.training and not any(p.requires_grad for p in frozen.parameters())
+    features = frozen(images[0][None]).last_hidden_state
+    torch.testing.assert_close(features.mean(-1), torch.zeros(features.shape[:2]), atol=1e-5, rtol=0)
+    trainable = load_vision_tower("tiny-radio", trainable=True).train()
+    assert trainable.radio.training and all(p.requires_grad for p in trainable.parameters())
+
+
+def test_save_load_identical_logits_and_generate(tiny, images, tmp_path):
+    model, processor = tiny
+    model.eval()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, loaded_processor = load_pretrained(tmp_path)
+    assert isinstance(loaded.model.vision_tower, RadioLlavaVisionModel)
+    inputs = processor(PROMPTS, images=images)
+    loaded_inputs = loaded_processor(PROMPTS, images=images)
+    assert all(torch.equal(inputs[k], loaded_inputs[k]) for k in inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**loaded_inputs).logits, model(**inputs).logits, atol=0, rtol=0)
+    loaded_processor.tokenizer.padding_side = "left"
+    generated = loaded.generate(**loaded_processor(PROMPTS, images=images), max_new_tokens=3, do_sample=False)
+    assert generated.shape[0] == 2
+
+
+def test_processor_rejects_tag_count_mismatch(tiny, images):
+    with pytest.raises(ValueError, match="1 <image> tags but 2 images"):
+        tiny[1](PROMPTS[0], images=images)
