@@ -12,8 +12,14 @@ import sys
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "export": ("radio_vlm.export", "re-save a model folder with its code, for trust_remote_code without radio_vlm"),
+    "export": (
+        "radio_vlm.export",
+        "re-save a model folder with its code, for trust_remote_code without radio_vlm",
+    ),
     "demo-data": ("radio_vlm.demo_data", "write the synthetic benchmark (LLaVA + official eval formats)"),
+    "features": ("radio_vlm.features", "summary and dense features of images, saved as safetensors"),
+    "visualize": ("radio_vlm.visualize", "PCA picture of an image's dense features (AM-RADIO Figure 1)"),
+    "demo": ("radio_vlm.demo", "run a tiny RADIO on scikit-image's photos and write the PCA picture"),
 }
 
 
