@@ -1,0 +1,172 @@
+"""TextVQA (LLaVA's matching and soft accuracy) and GQA (LLaVA's conversion + official eval.py), hand-worked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llava_patch.eval.gqa import convert_prediction, score_gqa
+from llava_patch.eval.io import EvalInputError
+from llava_patch.eval.textvqa import question_from_prompt, score_textvqa, textvqa_accuracy
+
+SUFFIX = "\nAnswer the question using a single word or phrase."
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected", "rule"),
+    [
+        (
+            "What Is It?\nReference OCR token: a, b" + SUFFIX,
+            "what is it?",
+            "3 lines with OCR line: line 1, lower-cased",
+        ),
+        (
+            "Reference OCR token: a\nWhat Is It?" + SUFFIX,
+            "what is it?",
+            "prompt starting with the OCR line: line 2",
+        ),
+        ("What Is It?" + SUFFIX, "what is it?", "2 lines (no OCR tokens): line 1"),
+        (
+            "OCR tokens: a\nQuestion: What\nIs It? Short answer:",
+            "what\nis it?",
+            "OCR-tokens style: regex, DOTALL",
+        ),
+        ("What?\nReference OCR token: a\nb" + SUFFIX, None, "OCR tokens containing a newline: LLaVA asserts"),
+        ("What?", None, "one line: LLaVA asserts"),
+    ],
+)
+def test_question_from_prompt(prompt: str, expected: str | None, rule: str) -> None:
+    assert question_from_prompt(prompt) == expected, rule
+
+
+def test_textvqa_accuracy_always_processes_both_sides() -> None:
+    # no unanimity gate in m4c: "Coca-Cola" vs 10 x "coca cola" matches after processing ('-' -> space)
+    assert textvqa_accuracy("Coca-Cola", ["coca cola"] * 10) == 1.0
+    # "man's" -> "man 's" on both sides, so possessives still match
+    assert textvqa_accuracy("man's", ["man's"] * 2 + ["dog"] * 8) == pytest.approx(0.6, abs=1e-12)
+    # float sum/len: 2 matches gives 0.6000000000000001, exactly as LLaVA computes it
+    assert textvqa_accuracy("stop", ["stop"] * 2 + ["go"] * 8) == sum([1 / 3] * 2 + [2 / 3] * 8) / 10
+    assert textvqa_accuracy("nothing", ["stop"] * 10) == 0.0
+
+
+def write_textvqa(tmp_path: Path, entries: list[dict], answers: list[dict]) -> tuple[Path, Path]:
+    ann, ans = tmp_path / "TextVQA_0.5.1_val.json", tmp_path / "answers.jsonl"
+    ann.write_text(json.dumps({"data": entries}))
+    ans.write_text("".join(json.dumps(a) + "\n" for a in answers))
+    return ann, ans
+
+
+def test_score_textvqa_matches_by_image_and_question(tmp_path: Path) -> None:
+    entries = [
+        {"question_id": 10, "image_id": "img1", "question": "What brand?", "answers": ["Nike"] * 10},
+        {"question_id": 11, "image_id": "img1", "question": "What color?", "answers": ["red"] * 10},
+        {"question_id": 12, "image_id": "img2", "question": "What brand?", "answers": ["Puma"] * 10},
+    ]
+    answers = [  # question_id holds the image id; the question comes from the prompt (with or without OCR line)
+        {"question_id": "img2", "prompt": "what brand?\nReference OCR token: puma" + SUFFIX, "text": "puma"},
+        {"question_id": "img1", "prompt": "What Brand?" + SUFFIX, "text": "Adidas"},
+    ]
+    ann, ans = write_textvqa(tmp_path, entries, answers)
+    result = score_textvqa(ans, ann)
+    assert result.metrics["accuracy"] == 50.0  # every answer line counts; unmatched annotations do not
+    assert result.metrics["num_missing"] == 1 and result.metrics["missing_question_ids"] == [11]
+    assert [(r["question_id"], r["score"], r["textvqa_question_id"]) for r in result.per_question[:2]] == [
+        ("img2", 1.0, 12),
+        ("img1", 0.0, 10),
+    ]
+
+
+def test_textvqa_duplicate_annotation_key_keeps_last(tmp_path: Path) -> None:
+    # annotations dict keyed by (image_id, question.lower()): a repeated key keeps the last entry
+    entries = [
+        {"question_id": 1, "image_id": "i", "question": "What?", "answers": ["a"] * 10},
+        {"question_id": 2, "image_id": "i", "question": "what?", "answers": ["b"] * 10},
+    ]
+    ann, ans = write_textvqa(
+        tmp_path, entries, [{"question_id": "i", "prompt": "what?" + SUFFIX, "text": "b"}]
+    )
+    assert score_textvqa(ans, ann).metrics["accuracy"] == 100.0
+
+
+def test_textvqa_errors_name_the_line(tmp_path: Path) -> None:
+    entries = [{"question_id": 1, "image_id": "i", "question": "What?", "answers": ["a"] * 10}]
+    ann, ans = write_textvqa(
+        tmp_path, entries, [{"question_id": "i", "prompt": "What?" + SUFFIX, "text": "a"}] * 2
+    )
+    ans.write_text(ans.read_text() + json.dumps({"question_id": "i", "prompt": "What?", "text": "a"}) + "\n")
+    with pytest.raises(EvalInputError, match=r"answers.jsonl:3: cannot find the question"):
+        score_textvqa(ans, ann)
+    ans.write_text(json.dumps({"question_id": "other", "prompt": "What?" + SUFFIX, "text": "a"}) + "\n")
+    with pytest.raises(EvalInputError, match=r"answers.jsonl:1: no annotation .* image id 'other'"):
+        score_textvqa(ans, ann)
+    ann.write_text(json.dumps({"data": [dict(entries[0], answers=["a"] * 9)]}))
+    with pytest.raises(EvalInputError, match="exactly 10"):
+        score_textvqa(ans, ann)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "rule"),
+    [
+        ("Yes.", "yes", "trailing period stripped, lower-cased"),
+        ("yes..", "yes", "all trailing periods stripped"),
+        (" no", " no", "no whitespace strip"),
+        ("The left", "the left", "no article removal"),
+        ("right!", "right!", "no punctuation removal"),
+        ("a.m.", "a.m", "only trailing periods"),
+    ],
+)
+def test_gqa_conversion(text: str, expected: str, rule: str) -> None:
+    assert convert_prediction(text) == expected, rule
+
+
+def gqa_question(
+    answer: str, structural: str, group: str | None, semantic_type: str = "attr", n_words: int = 3
+) -> dict:
+    return {
+        "question": " ".join(["w"] * n_words),
+        "answer": answer,
+        "isBalanced": True,
+        "types": {"structural": structural, "semantic": semantic_type, "detailed": "x"},
+        "groups": {"global": group, "local": "l"},
+        "semantic": [
+            {"operation": "select", "argument": "dog", "dependencies": []},
+            {"operation": "exist", "argument": "?", "dependencies": [0]},
+        ],
+    }
+
+
+def test_score_gqa(tmp_path: Path) -> None:
+    questions = {
+        "1": gqa_question("yes", "verify", "g1"),
+        "2": gqa_question("yes", "verify", "g1"),
+        "3": gqa_question("no", "logical", "g1"),
+        "4": gqa_question("left", "query", None, semantic_type="rel", n_words=5),
+        "5": gqa_question("red", "query", "g2"),
+        "6": dict(gqa_question("red", "query", "g2"), isBalanced=False),
+    }
+    answers = [("1", "Yes."), ("2", "yes"), ("3", "yes"), ("4", "the left"), ("5", "red"), ("6", "blue")]
+    ann, ans = tmp_path / "testdev_balanced_questions.json", tmp_path / "answers.jsonl"
+    ann.write_text(json.dumps(questions))
+    ans.write_text("".join(json.dumps({"question_id": q, "text": t}) + "\n" for q, t in answers))
+    m = score_gqa(ans, ann).metrics
+    assert m["accuracy"] == 3 / 5 * 100  # avg * 100, as eval.py; the unbalanced question is left out
+    assert m["binary"] == 2 / 3 * 100 and m["open"] == 1 / 2 * 100  # open = structural 'query'
+    assert m["per_structural_type"] == {"logical": 0.0, "query": 50.0, "verify": 100.0}
+    assert m["per_semantic_type"] == {"attr": 75.0, "rel": 0.0}
+    assert m["per_steps"] == {"1": 60.0}  # 'exist' operations do not count as a step
+    assert m["per_length"] == {"3": 75.0, "5": 0.0}
+    # chi-square: g1 gold yes:2 no:1, predicted yes:3 -> (3-2)^2/2 + (0-1)^2/1 = 1.5, weight 3;
+    # g2 gold red:1, predicted red:1 -> 0, weight 1; (1.5*3 + 0) / 4 / 100
+    assert m["distribution"] == pytest.approx(1.125 / 100, abs=1e-15)
+    assert m["num_questions"] == 5 and m["num_missing"] == 0
+
+
+def test_gqa_int_ids_never_match_string_keys(tmp_path: Path) -> None:
+    # eval.py keys are strings; an int question id would never match ("missing predictions")
+    ann, ans = tmp_path / "q.json", tmp_path / "a.jsonl"
+    ann.write_text(json.dumps({"201": gqa_question("yes", "verify", None)}))
+    ans.write_text(json.dumps({"question_id": 201, "text": "yes"}) + "\n")
+    with pytest.raises(EvalInputError, match=r"a.jsonl:1: question_id 201 is not in"):
+        score_gqa(ans, ann)
