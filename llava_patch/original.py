@@ -41,7 +41,8 @@ def install() -> None:
 
     original_build = _ORIGINALS.setdefault("build_vision_tower", builder.build_vision_tower)
     for module in list(sys.modules.values()):
-        if getattr(module, "build_vision_tower", None) is original_build:
+        # __dict__, not getattr: lazy modules (transformers') import on attribute access
+        if getattr(module, "__dict__", {}).get("build_vision_tower") is original_build:
             module.build_vision_tower = build_vision_tower
 
     meta = llava_arch.LlavaMetaForCausalLM

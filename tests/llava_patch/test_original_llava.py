@@ -1,0 +1,259 @@
+"""RADIO inside the real original LLaVA package (llava-torch 1.2.2.post1, installed --no-deps): tower
+builder, ragged image batches against LLaVA's own code, its training entry point and its generation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import llava_patch
+from llava_patch.compat import rename_flags
+from llava_patch.llm import build_tiny_llama
+from llava_patch.original import _ORIGINALS
+from radio_vlm.vision_tower import RadioVisionTower, parse_radio_tower_name
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TOWER = "radio:tiny-radio:long_edge=48"
+
+
+@pytest.fixture(scope="module")
+def llava():
+    llava_patch.install()
+    import llava.model.llava_arch
+    import llava.model.multimodal_encoder.builder
+
+    return llava
+
+
+@pytest.fixture(scope="module")
+def tiny_llm_dir(tmp_path_factory) -> Path:
+    """tiny-llama (model + SentencePiece tokenizer) saved as an LLM folder, as LLaVA's train() reads one."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model, tokenizer = build_tiny_llama()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_llava(llava, tokenizer_model_max_length=None, padding_side="right"):
+    """LLaVA's own LlavaLlamaForCausalLM (tiny LLaMA dims) with the RADIO tower, as after LLaVA's
+    initialize_vision_modules (mlp2x_gelu projector, flat patch merge)."""
+    from llava.model import LlavaConfig, LlavaLlamaForCausalLM
+
+    config = LlavaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    )
+    config.update(
+        {
+            "mm_vision_tower": TOWER,
+            "mm_vision_select_layer": -1,
+            "mm_vision_select_feature": "patch",
+            "mm_projector_type": "mlp2x_gelu",
+            "mm_hidden_size": 32,
+            "mm_patch_merge_type": "flat",
+            "tokenizer_padding_side": padding_side,
+        }
+    )
+    if tokenizer_model_max_length:
+        config.tokenizer_model_max_length = tokenizer_model_max_length
+    model = LlavaLlamaForCausalLM(config)
+    model.get_vision_tower().load_model()
+    return model.eval()
+
+
+def test_tower_names_and_errors():
+    spec = parse_radio_tower_name("radio:/ckpt/radio-b:long_edge=432,feature=layer:-2+adaptor:clip")
+    assert (spec.source, spec.long_edge, spec.feature_sources) == (
+        "/ckpt/radio-b",
+        432,
+        ["layer:-2", "adaptor:clip"],
+    )
+    assert parse_radio_tower_name("radio:tiny-radio:adaptor=clip").feature_sources == ["adaptor:clip"]
+    with pytest.raises(ValueError, match="unknown option 'size=3'"):
+        parse_radio_tower_name("radio:tiny-radio:size=3")
+    args = types.SimpleNamespace(mm_vision_select_layer=-2, mm_vision_select_feature="patch")
+    assert RadioVisionTower("radio:tiny-radio", args, delay_load=True).cfg_only.feature_sources == [
+        "layer:-2"
+    ]
+    with pytest.raises(FileNotFoundError, match="neither a folder"):
+        RadioVisionTower("radio:/no/such/radio", args, delay_load=True)
+    with pytest.raises(ValueError, match="patch tokens only"):
+        RadioVisionTower("radio:tiny-radio", types.SimpleNamespace(mm_vision_select_feature="cls_patch"))
+    assert rename_flags(["--evaluation_strategy", "no", "--evaluation_strategy=no"]) == [
+        "--eval_strategy",
+        "no",
+        "--eval_strategy=no",
+    ]
+
+
+def test_builder_patched_everywhere(llava):
+    import llava.model.llava_arch as arch
+    import llava.model.multimodal_encoder.builder as builder
+
+    cfg = types.SimpleNamespace(mm_vision_tower=TOWER, mm_vision_select_layer=-1)
+    for module in (arch, builder):
+        tower = module.build_vision_tower(cfg, delay_load=True)
+        assert isinstance(tower, RadioVisionTower) and not tower.is_loaded and tower.hidden_size == 32
+    with pytest.raises(ValueError, match="Unknown vision tower"):  # other names: LLaVA's own builder
+        builder.build_vision_tower(types.SimpleNamespace(mm_vision_tower="no-such-tower"))
+
+
+def _batch(with_text_only: bool = True):
+    ids = [[1, 5, 6, -200, 7, 8, 9], [1, -200, 10, 11], [1, 12, 13, 14, 15]]
+    labels = [[-100, -100, -100, -100, 7, 8, 9], [-100, -100, 10, 11], [-100, 12, 13, 14, 15]]
+    ids, labels = (ids, labels) if with_text_only else (ids[:2], labels[:2])
+    width = max(len(row) for row in ids)
+    input_ids = torch.tensor([row + [0] * (width - len(row)) for row in ids])
+    target = torch.tensor([row + [-100] * (width - len(row)) for row in labels])
+    mask = torch.tensor([[True] * len(row) + [False] * (width - len(row)) for row in ids])
+    return input_ids, target, mask
+
+
+def test_same_size_batch_matches_original_llava(llava):
+    """The replacement gives LLaVA's own result where LLaVA's code works: truncation, text-only rows,
+    right and left padding."""
+    original = _ORIGINALS["prepare_inputs_labels_for_multimodal"]
+    input_ids, labels, mask = _batch()
+    images = torch.rand(3, 3, 32, 48)
+    for max_length, side in ((None, "right"), (9, "left")):
+        model = tiny_llava(llava, max_length, side)
+        with torch.no_grad():
+            ours = model.prepare_inputs_labels_for_multimodal(input_ids, None, mask, None, labels, images)
+            theirs = original(model, input_ids, None, mask, None, labels, images)
+            theirs_list = original(model, input_ids, None, mask, None, labels, list(images))
+        for a, b, c in zip(ours, theirs, theirs_list):
+            assert (a is None and b is None) or torch.equal(a, b), (max_length, side)
+            assert (a is None and c is None) or torch.allclose(a.float(), c.float(), atol=1e-6)
+
+
+def test_differently_sized_images_forward_backward(llava):
+    """LLaVA's LlavaLlamaForCausalLM with the RADIO tower trains on one batch of differently sized images
+    (LLaVA's own code cannot: it torch.cat's them); each row equals that sample run alone through
+    LLaVA's original code."""
+    model = tiny_llava(llava)
+    input_ids, labels, mask = _batch()
+    images = [torch.rand(3, 32, 48), torch.rand(3, 48, 16), torch.zeros(3, 48, 48)]  # last: text-only dummy
+    with pytest.raises(RuntimeError):  # what the replacement fixes
+        _ORIGINALS["prepare_inputs_labels_for_multimodal"](model, input_ids, None, mask, None, labels, images)
+
+    out = model(input_ids=input_ids, attention_mask=mask, labels=labels, images=images)
+    out.loss.backward()
+    projector = model.get_model().mm_projector
+    assert torch.isfinite(out.loss)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in projector.parameters())
+    assert all(p.grad is None for p in model.get_vision_tower().parameters())  # frozen, as LLaVA's CLIP
+
+    original = _ORIGINALS["prepare_inputs_labels_for_multimodal"]
+    with torch.no_grad():
+        for row in range(3):
+            n = int(mask[row].sum())
+            alone = original(model, input_ids[row : row + 1, :n], None, None, None, None, images[row][None])[
+                4
+            ]
+            logits = model(inputs_embeds=alone).logits[0]
+            assert torch.allclose(out.logits[row, : len(logits)], logits, atol=1e-5)
+    # image tokens per sample: 3x2 patches at 48x32 px, 3x1 at 16x48 px (patch 16)
+    assert out.logits.shape[1] == max(6 + 6, 3 + 3, 5)
+
+
+def _write_llava_data(root: Path) -> Path:
+    """LLaVA-1.5 finetune-format JSON: images of four sizes, multi-turn, one text-only sample."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir()
+    items = []
+    for index, (width, height) in enumerate([(40, 24), (24, 56), (32, 32), (48, 40)]):
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"{index}.png")
+        conversations = [
+            {"from": "human", "value": "What color is the square?\n<image>"},
+            {"from": "gpt", "value": "The square is red."},
+            {"from": "human", "value": "Is there a cat?"},
+            {"from": "gpt", "value": "No."},
+        ]
+        items.append({"id": str(index), "image": f"{index}.png", "conversations": conversations})
+    items.append(
+        {
+            "id": "text",
+            "conversations": [{"from": "human", "value": "How many?"}, {"from": "gpt", "value": "two"}],
+        }
+    )
+    (root / "train.json").write_text(json.dumps(items))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_llava(tmp_path_factory, tiny_llm_dir) -> Path:
+    """LLaVA's own train() (`python -m llava_patch.run llava.train.train`, LLaVA-1.5 finetune flags)."""
+    root = _write_llava_data(tmp_path_factory.mktemp("llava-data"))
+    out = root / "llava-radio-tiny"  # LLaVA's loader needs "llava" in the model name
+    command = [
+        sys.executable, "-m", "llava_patch.run", "llava.train.train",
+        "--model_name_or_path", str(tiny_llm_dir), "--version", "v1",
+        "--data_path", str(root / "train.json"), "--image_folder", str(root / "images"),
+        "--vision_tower", TOWER, "--mm_projector_type", "mlp2x_gelu", "--mm_vision_select_layer", "-1",
+        "--mm_use_im_start_end", "False", "--mm_use_im_patch_token", "False",
+        "--group_by_modality_length", "True", "--output_dir", str(out), "--max_steps", "3",
+        "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--evaluation_strategy", "no",
+        "--save_strategy", "no", "--logging_steps", "1", "--report_to", "none", "--model_max_length", "256",
+        "--dataloader_num_workers", "0", "--use_cpu", "True",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=root, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "tokenization mismatch" not in result.stdout  # LLaVA's v1 label masking held on every sample
+    return out
+
+
+def test_llava_train_entry_point(trained_llava):
+    state = json.loads((trained_llava / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert state["global_step"] == 3 and len(losses) == 3 and all(np.isfinite(losses))
+    config = json.loads((trained_llava / "config.json").read_text())
+    assert config["mm_vision_tower"] == TOWER and config["mm_hidden_size"] == 32
+
+
+def test_llava_generation_answers(llava, trained_llava):
+    """LLaVA's loader, prompt building, image processing and generate() answer a question; the answer is
+    the greedy continuation computed step by step without a cache."""
+    from llava.constants import IMAGE_TOKEN_INDEX
+    from llava.conversation import conv_templates
+    from llava.mm_utils import process_images, tokenizer_image_token
+    from llava.model.builder import load_pretrained_model
+
+    tokenizer, model, processor, _ = load_pretrained_model(
+        str(trained_llava), None, trained_llava.name, device="cpu"
+    )
+    model.float()  # LLaVA loads in fp16; fp32 keeps the step-by-step reference free of rounding ties
+    assert isinstance(model.get_vision_tower(), RadioVisionTower)
+    conv = conv_templates["vicuna_v1"].copy()
+    conv.append_message(conv.roles[0], "<image>\nWhat color is the square?")
+    conv.append_message(conv.roles[1], None)
+    input_ids = tokenizer_image_token(conv.get_prompt(), tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[
+        None
+    ]
+    image = Image.open(trained_llava.parent / "images" / "1.png").convert("RGB")
+    model.config.image_aspect_ratio = "pad"
+    images = process_images([image], processor, model.config)
+    with torch.inference_mode():
+        output = model.generate(
+            input_ids, images=images, image_sizes=[image.size], do_sample=False, max_new_tokens=6
+        )
+        embeds = model.prepare_inputs_labels_for_multimodal(input_ids, None, None, None, None, images)[4]
+        greedy = []
+        for _ in range(output.shape[1]):
+            token = model(inputs_embeds=embeds).logits[0, -1].argmax()
+            greedy.append(int(token))
+            if token == tokenizer.eos_token_id:
+                break
+            embeds = torch.cat([embeds, model.get_model().embed_tokens(token)[None, None]], dim=1)
+    assert output[0].tolist() == greedy
+    assert tokenizer.batch_decode(output, skip_special_tokens=True)[0].strip()
