@@ -12,6 +12,7 @@ import sys
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("radio_vlm.convert", "convert an official RADIO .pth.tar or HF folder to a model folder"),
     "export": (
         "radio_vlm.export",
         "re-save a model folder with its code, for trust_remote_code without radio_vlm",
