@@ -7,7 +7,13 @@ import sys
 from radio_vlm.cli import run_subcommands
 
 # subcommand -> (module, one-line help)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": (
+        "distill.train",
+        "Distil a RADIO student from teachers (DeepSpeed; torchrun/deepspeed for many ranks).",
+    ),
+    "export": ("distill.export", "Write a run's student as a RadioWithAdaptors folder (with adaptor heads)."),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
