@@ -123,8 +123,9 @@ class RadioImageProcessor(BaseImageProcessor):
                 float(v) for v in getattr(config.backbone_config, "norm_mean", OPENAI_CLIP_MEAN)
             ),
         }
-        if config.preferred_resolution:
-            settings["long_edge"] = int(max(config.preferred_resolution))
+        # no preferred resolution: the LLaVA recipe's 432 px, or less when the model's maximum is smaller
+        preferred = config.preferred_resolution
+        settings["long_edge"] = int(max(preferred)) if preferred else min(432, settings["max_resolution"])
         settings.update(overrides)
         return cls(**settings)
 

@@ -14,6 +14,9 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .features import encode_images, load_model_and_processor
+from .image_io import load_image
+
 # Robust min/max: the percentiles that map to 0 and 1 in each colour channel.
 ROBUST_QUANTILES = (0.01, 0.99)
 
@@ -104,9 +107,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .features import encode_images, load_model_and_processor
-    from .image_io import load_image
-
     model, processor = load_model_and_processor(args.model, args.device)
     images = [load_image(path, f"image file {path}") for path in args.images]
     encoded = encode_images(model, processor, images, adaptor=args.adaptor, long_edge=args.long_edge)

@@ -21,7 +21,7 @@ ASPECTS = [
 
 def test_pinned_example_640x480():
     processor = RadioImageProcessor(long_edge=432, patch_size=16)
-    out = processor(PIL.Image.new("RGB", (640, 480)))
+    out = processor(images=[PIL.Image.new("RGB", (640, 480))], return_tensors="pt")
     assert processor.get_output_size(480, 640) == ((324, 432), (336, 432))
     assert out["pixel_values"].shape == (1, 3, 336, 432)
     assert out["image_grid_hw"].tolist() == [[21, 27]]
@@ -164,6 +164,8 @@ def test_from_model_config_and_round_trip(tmp_path):
     image = np.random.default_rng(0).integers(0, 255, (70, 50, 3), dtype=np.uint8)
     torch.testing.assert_close(loaded(image)["pixel_values"], processor(image)["pixel_values"])
     assert RadioImageProcessor.from_pretrained(tmp_path, long_edge=64).long_edge == 64
+    config.preferred_resolution = None  # then 432 px, capped at the model's max resolution
+    assert RadioImageProcessor.from_model_config(config).long_edge == 256
 
 
 @pytest.mark.parametrize("mode", ["long_edge", "nearest_supported", "square"])
