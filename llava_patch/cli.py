@@ -10,6 +10,7 @@ from radio_vlm.cli import run_subcommands
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "score": ("llava_patch.eval.score", "Score answers as the official vqav2/textvqa/gqa/pope scorers do."),
     "merge": ("llava_patch.eval.merge", "Concatenate chunked answer files in question order."),
+    "generate": ("llava_patch.eval.generate", "Answer a LLaVA question file (greedy, chunked, resumable)."),
 }
 
 

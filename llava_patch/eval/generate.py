@@ -1,0 +1,235 @@
+"""`radio-llava generate`: answer a LLaVA question file with a RADIO-LLaVA model, as LLaVA-1.5 evaluates.
+
+    radio-llava generate --model ckpt/finetune --question-file llava_gqa_testdev_balanced.jsonl \\
+        --image-folder gqa/images --answers-file answers/gqa.jsonl [--num-chunks 8 --chunk-idx 3] [--batch-size 8]
+
+Follows llava/eval/model_vqa_loader.py: the prompt is the `vicuna_v1` template with one user turn
+"<image>\\n{text}" (the question file's text already ends with the short-answer instruction) and ends with
+"ASSISTANT:"; greedy decoding (`--temperature 0`), at most 128 new tokens, output decoded without special
+tokens and stripped. Each line written is `{question_id, prompt, text, answer_id, model_id, metadata}`, with
+`prompt` the question file's text (TextVQA scoring reads the question back from it).
+
+Beyond LLaVA (batch size 1, no resume):
+- `--batch-size` > 1 batches questions with left padding; images of different sizes share the batch (the
+  processor pads them, the vision tower crops each back), so answers equal batch-size-1 answers.
+- Resumable: questions already in `--answers-file` are skipped, and a half-written last line (a run killed
+  mid-write) is cut off and its question answered again, so a re-run leaves no duplicate and no gap.
+- Chunk k of n is the contiguous slice LLaVA's `get_chunk` gives (size ceil(N / n)); where LLaVA fails on a
+  chunk index past the last non-empty slice (few questions, many chunks), the chunk here is just empty.
+- A missing image is reported with its path and the question file line before any generation starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from llava_patch.conversation import IMAGE_TAG, get_template
+from llava_patch.eval.io import EvalInputError, check_question_id, read_jsonl
+from radio_vlm.image_io import load_image
+
+CONV_MODE = "vicuna_v1"  # scripts/v1_5/eval/*.sh pass --conv-mode vicuna_v1
+MAX_NEW_TOKENS = 128  # model_vqa_loader.py default
+
+
+@dataclass(frozen=True)
+class Question:
+    """One line of a LLaVA question file."""
+
+    question_id: int | str
+    image: str  # file name relative to --image-folder
+    text: str  # the question, already with LLaVA's answer-format instruction
+    line: int
+
+
+def load_questions(path: str | Path) -> list[Question]:
+    questions = []
+    for number, row in read_jsonl(path):
+        where = f"{path}:{number}"
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("text"), str)
+            or not isinstance(row.get("image"), str)
+        ):
+            raise EvalInputError(f"{where}: a LLaVA question needs question_id, image (file name) and text")
+        if "question_id" not in row:
+            raise EvalInputError(f"{where}: no question_id")
+        questions.append(
+            Question(check_question_id(row["question_id"], where), row["image"], row["text"], number)
+        )
+    return questions
+
+
+def chunk_slice(num_items: int, num_chunks: int, chunk_idx: int) -> slice:
+    """Items of chunk `chunk_idx`: LLaVA's split_list / get_chunk (contiguous, ceil(N / n) per chunk)."""
+    if num_chunks < 1 or not 0 <= chunk_idx < num_chunks:
+        raise ValueError(
+            f"--chunk-idx {chunk_idx} must be in 0..{num_chunks - 1} (--num-chunks {num_chunks})"
+        )
+    size = math.ceil(num_items / num_chunks)
+    return slice(min(chunk_idx * size, num_items), min((chunk_idx + 1) * size, num_items))
+
+
+def answered_question_ids(path: Path) -> set:
+    """Question ids already in an answers file; a half-written last line is cut off the file.
+
+    Any other unreadable line is an error naming it: the file is not one this command wrote.
+    """
+    if not path.is_file():
+        return set()
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    last = max((i for i, raw in enumerate(lines, start=1) if raw.strip()), default=0)
+    done, offset = set(), 0
+    for number, raw in enumerate(lines, start=1):
+        is_last = number == last
+        if raw.strip():
+            try:
+                done.add(json.loads(raw)["question_id"])
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                if not is_last:
+                    raise EvalInputError(
+                        f"{path}:{number}: not an answer line; delete the file or pass another --answers-file"
+                    ) from None
+                with open(path, "r+b") as f:  # the interrupted write: drop it, its question is redone
+                    f.truncate(offset)
+                break
+        offset += len(raw) + 1
+    else:
+        if data and not data.endswith(b"\n"):  # a complete last line whose newline was not written yet
+            with open(path, "ab") as f:
+                f.write(b"\n")
+    return done
+
+
+def build_prompt(question_text: str, conv_mode: str = CONV_MODE) -> str:
+    """LLaVA-1.5's generation prompt: "<system> USER: <image>\\n{text} ASSISTANT:"."""
+    return get_template(conv_mode).render([(0, IMAGE_TAG + "\n" + question_text), (1, None)])
+
+
+def model_name(model_path: str) -> str:
+    """LLaVA's get_model_name_from_path: the last folder, prefixed by its parent for checkpoint-N folders."""
+    parts = Path(model_path.rstrip("/")).parts
+    return f"{parts[-2]}_{parts[-1]}" if parts[-1].startswith("checkpoint-") and len(parts) > 1 else parts[-1]
+
+
+@torch.inference_mode()
+def generate_answers(
+    model,
+    processor,
+    questions: list[Question],
+    image_folder: str | Path,
+    answers_file: str | Path,
+    batch_size: int = 1,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    temperature: float = 0.0,
+    conv_mode: str = CONV_MODE,
+    model_id: str = "model",
+) -> int:
+    """Answer `questions` (skipping ids already in `answers_file`), appending one JSON line per answer.
+
+    Returns how many questions were answered in this call.
+    """
+    answers_file = Path(answers_file)
+    answers_file.parent.mkdir(parents=True, exist_ok=True)
+    done = answered_question_ids(answers_file)
+    todo = [q for q in questions if q.question_id not in done]
+    for q in todo:  # fail before hours of generation, not at the first missing file
+        if not (Path(image_folder) / q.image).is_file():
+            raise FileNotFoundError(
+                f"question {q.question_id!r} (line {q.line}): image {Path(image_folder) / q.image} not found"
+            )
+    processor.tokenizer.padding_side = "left"  # generation continues from the last position of every row
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    start = time.perf_counter()
+    with open(answers_file, "a", encoding="utf-8") as out, tqdm(total=len(todo), unit="question") as bar:
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i : i + batch_size]
+            images = [load_image(Path(image_folder) / q.image) for q in batch]
+            inputs = processor([build_prompt(q.text, conv_mode) for q in batch], images=images)
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+            output = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, num_beams=1, use_cache=True, **sampling
+            )
+            texts = processor.batch_decode(
+                output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+            )
+            for q, text in zip(batch, texts):
+                row = {
+                    "question_id": q.question_id,
+                    "prompt": q.text,
+                    "text": text.strip(),
+                    "answer_id": uuid.uuid4().hex,
+                    "model_id": model_id,
+                    "metadata": {},
+                }
+                out.write(json.dumps(row) + "\n")
+            out.flush()
+            bar.update(len(batch))
+            bar.set_postfix(questions_per_s=f"{bar.n / (time.perf_counter() - start):.2f}")
+    return len(todo)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a radio-llava run / checkpoint folder (full weights)")
+    parser.add_argument(
+        "--question-file", required=True, help="LLaVA question JSONL (question_id, image, text)"
+    )
+    parser.add_argument("--image-folder", required=True)
+    parser.add_argument(
+        "--answers-file", required=True, help="JSONL to append answers to (resumed if it exists)"
+    )
+    parser.add_argument("--num-chunks", type=int, default=1)
+    parser.add_argument("--chunk-idx", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (LLaVA-1.5's evaluation)")
+    parser.add_argument("--conv-mode", default=CONV_MODE)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], help="default: float16 on GPU")
+
+
+def run(args: argparse.Namespace) -> int:
+    from llava_patch.model import load_pretrained  # heavy: only when the command runs
+
+    if args.batch_size < 1:
+        raise SystemExit("error: --batch-size must be at least 1")
+    try:
+        questions = load_questions(args.question_file)
+        chunk = questions[chunk_slice(len(questions), args.num_chunks, args.chunk_idx)]
+    except (EvalInputError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    dtype = getattr(torch, args.dtype or ("float16" if args.device.startswith("cuda") else "float32"))
+    model, processor = load_pretrained(args.model, dtype=dtype)
+    model.to(args.device).eval()
+    try:
+        count = generate_answers(
+            model,
+            processor,
+            chunk,
+            args.image_folder,
+            args.answers_file,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            conv_mode=args.conv_mode,
+            model_id=model_name(os.fspath(args.model)),
+        )
+    except (EvalInputError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(
+        f"answered {count} questions of chunk {args.chunk_idx}/{args.num_chunks}; answers in {args.answers_file}"
+    )
+    return 0
