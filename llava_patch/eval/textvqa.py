@@ -86,15 +86,8 @@ def load_textvqa_annotations(path: str | Path) -> dict[tuple[Any, str], dict[str
         where = f"{path}: data[{index}]"
         if not isinstance(ann, dict) or "image_id" not in ann or not isinstance(ann.get("question"), str):
             raise EvalInputError(f"{where}: each entry needs image_id and a string question")
-        answers = ann.get("answers")
-        if (
-            not isinstance(answers, list)
-            or len(answers) != NUM_HUMAN_ANSWERS
-            or not all(isinstance(a, str) for a in answers)
-        ):
-            raise EvalInputError(
-                f"{where}: LLaVA's evaluator needs exactly {NUM_HUMAN_ANSWERS} string answers"
-            )
+        if not isinstance(ann.get("answers"), list) or not all(isinstance(a, str) for a in ann["answers"]):
+            raise EvalInputError(f"{where}: 'answers' must be a list of strings")
         annotations[(ann["image_id"], ann["question"].lower())] = ann
     return annotations
 
@@ -118,6 +111,12 @@ def score_textvqa(answers_path: str | Path, annotations_path: str | Path) -> Sco
                 f"{answer.question_id!r} and question {question!r}; is this an answers file for another benchmark?"
             )
         ann = annotations[key]
+        if len(ann["answers"]) != NUM_HUMAN_ANSWERS:  # checked where LLaVA asserts: only for matched entries
+            raise EvalInputError(
+                f"{annotations_path}: the annotation for image id {ann['image_id']!r}, question {ann['question']!r} "
+                f"(matched by {answers_path}:{answer.line}) has {len(ann['answers'])} answers; LLaVA's evaluator "
+                f"needs exactly {NUM_HUMAN_ANSWERS}"
+            )
         matched.add(key)
         score = textvqa_accuracy(answer.text, ann["answers"])
         per_question.append(

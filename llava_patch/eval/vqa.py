@@ -17,7 +17,9 @@ Val scoring reproduces GT-Vision-Lab/VQA vqaEval.py (HEAD, "Fixed processing ans
 
 The test-dev upload follows LLaVA's scripts/convert_vqav2_for_submission.py: one entry per question of
 `--questions` in its order, the answer passed through `llava_answer_processor` (MMF's EvalAIAnswerProcessor),
-"" for questions without an answer, and for a repeated question id the last line wins.
+"" for questions without an answer, and for a repeated question id the last line wins. LLaVA skips and
+counts answer lines it cannot parse; here they are an error naming the line, because an upload silently
+missing answers scores those questions as wrong.
 """
 
 from __future__ import annotations

@@ -101,8 +101,13 @@ def test_textvqa_errors_name_the_line(tmp_path: Path) -> None:
     ans.write_text(json.dumps({"question_id": "other", "prompt": "What?" + SUFFIX, "text": "a"}) + "\n")
     with pytest.raises(EvalInputError, match=r"answers.jsonl:1: no annotation .* image id 'other'"):
         score_textvqa(ans, ann)
-    ann.write_text(json.dumps({"data": [dict(entries[0], answers=["a"] * 9)]}))
-    with pytest.raises(EvalInputError, match="exactly 10"):
+    # m4c asserts 10 answers only for annotations a result is scored against
+    unmatched = {"question_id": 2, "image_id": "j", "question": "Who?", "answers": ["b"] * 9}
+    ann.write_text(json.dumps({"data": [entries[0], unmatched]}))
+    ans.write_text(json.dumps({"question_id": "i", "prompt": "What?" + SUFFIX, "text": "a"}) + "\n")
+    assert score_textvqa(ans, ann).metrics["accuracy"] == 100.0
+    ans.write_text(json.dumps({"question_id": "j", "prompt": "Who?" + SUFFIX, "text": "b"}) + "\n")
+    with pytest.raises(EvalInputError, match=r"answers.jsonl:1\) has 9 answers.*exactly 10"):
         score_textvqa(ans, ann)
 
 
