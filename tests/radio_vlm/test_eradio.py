@@ -178,3 +178,25 @@ def test_radio_with_adaptors_hosts_eradio(fixture_files, converted):
     torch.testing.assert_close(out.features, expected["img_128x192.features_nchw"], atol=ATOL, rtol=0)
     assert out.adaptors["clip"].summary.shape == (1, 12)
     assert out.adaptors["clip"].features.shape == (1, 12, 8, 12)
+
+
+def test_cli_convert_with_constructor_option(tmp_path, fixture_files):
+    from transformers import AutoImageProcessor, AutoModel
+
+    from radio_vlm.cli import main
+
+    checkpoint_path, _, inputs, expected = fixture_files
+    alone = tmp_path / "custom.pth.tar"  # no <name>_constructor.json beside it
+    alone.write_bytes(checkpoint_path.read_bytes())
+    out = tmp_path / "converted"
+    constructor = checkpoint_path.with_name("eradio_tiny_constructor.json")
+    assert main(["convert", str(alone), str(out), "--constructor", str(constructor)]) == 0
+    model = AutoModel.from_pretrained(out).eval()
+    assert model.config.backbone_config.model_type == "eradio"
+    processor = AutoImageProcessor.from_pretrained(out)
+    pixels = processor(torch.rand(3, 100, 150), return_tensors="pt")["pixel_values"]
+    assert pixels.shape[-2] % 32 == 0 and pixels.shape[-1] % 32 == 0
+    with torch.no_grad():
+        for name, x in _supported(inputs).items():
+            got = model(x, feature_fmt="NCHW").features
+            torch.testing.assert_close(got, expected[f"{name}.features_nchw"], atol=ATOL, rtol=0)
