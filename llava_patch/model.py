@@ -98,9 +98,19 @@ def build_model(
     model.lm_head = llm.lm_head
     dtype = next(llm.parameters()).dtype
     model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(dtype)
-    model.resize_token_embeddings(len(tokenizer))
-    model.config.text_config.vocab_size = len(tokenizer)
+    _resize_embeddings(model, len(tokenizer))
     return model
+
+
+def _resize_embeddings(model: LlavaForConditionalGeneration, num_tokens: int) -> None:
+    """Grow the vocabulary to `num_tokens`; new input and output rows = the mean of the old ones, as LLaVA's
+    `smart_tokenizer_and_embedding_resize` (deterministic, so a LoRA base can be rebuilt exactly)."""
+    old = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(num_tokens, mean_resizing=False)
+    model.config.text_config.vocab_size = num_tokens
+    with torch.no_grad():
+        for weight in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+            weight[old:] = weight[:old].mean(0, keepdim=True)
 
 
 def build(
