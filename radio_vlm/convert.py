@@ -348,33 +348,32 @@ def _normalizer_weights(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
 
 
 def _metadata(source: Path, hf_config: dict | None, args: dict, patch_size: int, version: str | None) -> dict:
-    if hf_config is not None:
-        version = version or hf_config.get("version")
-        preferred = hf_config.get("preferred_resolution")
-        meta = {
-            "max_resolution": hf_config.get("max_resolution"),
-            "vitdet_window_size": hf_config.get("vitdet_window_size"),
-        }
-    else:
-        version = version or (
-            source.name.removesuffix(".tar").removesuffix(".pth") if source.suffix == ".tar" else None
-        )
-        version = version if version in KNOWN_VERSIONS else None
-        preferred, meta = None, {}
-        if args.get("cpe_max_size"):
-            meta["max_resolution"] = round(args["cpe_max_size"] / patch_size) * patch_size
-    if version in KNOWN_VERSIONS:
-        _, max_res, pref = KNOWN_VERSIONS[version]
-        meta.setdefault("max_resolution", max_res)
-        preferred = preferred or [pref, pref]
+    """Version, max and preferred resolution: given, from the HF config, or from the known versions table.
+
+    An HF config's `vitdet_window_size` is not applied: the official remote code only uses it for
+    `min_resolution_step` and runs every block globally (radio_official.md 1.7).
+    """
+    hf_config = hf_config or {}
+    stem = source.name.removesuffix(".tar").removesuffix(".pth")
+    version = version or hf_config.get("version") or (stem if stem in KNOWN_VERSIONS else None)
+    known = KNOWN_VERSIONS.get(version)
+    max_resolution = hf_config.get("max_resolution")
+    if max_resolution is None and args.get("cpe_max_size"):
+        max_resolution = round(args["cpe_max_size"] / patch_size) * patch_size
+    if max_resolution is None and known:
+        max_resolution = known[1]
+    preferred = hf_config.get("preferred_resolution") or (known[2] if known else None)
     if isinstance(preferred, int):
         preferred = [preferred, preferred]
-    meta.update(version=version, preferred_resolution=list(preferred) if preferred else None)
-    return {k: v for k, v in meta.items() if v is not None}
+    meta = {"version": version, "max_resolution": max_resolution, "preferred_resolution": preferred}
+    return {k: (list(v) if k == "preferred_resolution" else v) for k, v in meta.items() if v is not None}
 
 
 def convert_official(
-    src: str | Path, align_corners: bool = False, version: str | None = None
+    src: str | Path,
+    align_corners: bool = False,
+    version: str | None = None,
+    constructor: str | Path | None = None,
 ) -> RadioWithAdaptors:
     """Convert an official checkpoint (`.pth.tar` or HF remote-code folder) into a `RadioWithAdaptors`.
 
@@ -382,6 +381,8 @@ def convert_official(
     version: official version string (e.g. "radio_v2.5-h") for the resolution metadata; by default read
         from the HF config or the `.pth.tar` file name when it is a known version.
     Every adaptor head in the weights is converted, also where an HF config lists no `adaptor_names`.
+    constructor: E-RADIO only, a JSON of the official `ERADIO(...)` keyword arguments for a checkpoint
+        whose `args.model` is not a registered name (default: `<name>_constructor.json` beside it).
     """
     source = Path(src)
     hf_config = None
@@ -395,7 +396,7 @@ def convert_official(
             else dict(checkpoint.get("args") or {})
         )
         if str(args.get("model", "")).startswith("eradio"):
-            return _convert_eradio(source, checkpoint, align_corners, version)
+            return _convert_eradio(source, checkpoint, align_corners, version, constructor)
         # EMA weights are what the official loader uses when present (radio_official.md 1.10)
         state = checkpoint.get("state_dict_ema") or checkpoint["state_dict"]
     else:
@@ -444,7 +445,7 @@ def _load(
 
 
 def _convert_eradio(
-    source: Path, checkpoint: dict, align_corners: bool, version: str | None
+    source: Path, checkpoint: dict, align_corners: bool, version: str | None, constructor: str | Path | None
 ) -> RadioWithAdaptors:
     try:
         from .convert_eradio import convert_eradio_checkpoint, find_constructor, load_constructor
@@ -452,7 +453,7 @@ def _convert_eradio(
         raise ValueError(
             f"{source}: E-RADIO checkpoint, but radio_vlm.convert_eradio is unavailable ({err})"
         ) from err
-    constructor_path = find_constructor(source)
+    constructor_path = Path(constructor) if constructor else find_constructor(source)
     constructor = load_constructor(constructor_path) if constructor_path else None
     backbone_config, backbone_state = convert_eradio_checkpoint(checkpoint, constructor)
     args = vars(checkpoint["args"]) if hasattr(checkpoint["args"], "__dict__") else dict(checkpoint["args"])
@@ -497,10 +498,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--version", default=None, help="official version string, e.g. radio_v2.5-h (metadata)"
     )
     parser.add_argument("--export-code", action="store_true", help="also write model code + auto_map")
+    parser.add_argument(
+        "--constructor",
+        default=None,
+        help="E-RADIO only: JSON of the official ERADIO(...) keyword arguments for a custom args.model "
+        "(default: <checkpoint name>_constructor.json beside the checkpoint)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    model = convert_official(args.src, align_corners=args.align_corners, version=args.version)
+    model = convert_official(
+        args.src, align_corners=args.align_corners, version=args.version, constructor=args.constructor
+    )
     out = save_converted(model, args.out, export_code=args.export_code)
     print(f"converted {args.src} -> {out} (adaptors: {', '.join(model.config.adaptors) or 'none'})")
     return 0

@@ -246,3 +246,28 @@ def test_cli_convert_writes_model_and_processor(ref, inputs, tmp_path):
     with torch.no_grad():
         got = model(inputs["img_48x160"]).adaptors["dino_v2"].features
     torch.testing.assert_close(got, expected["img_48x160.dino_v2.features"], rtol=0, atol=TOL)
+
+
+FULL = [
+    ("vit_cpe_adaptors.pth.tar", "expected_vit_cpe_adaptors.full.safetensors", False),
+    ("vit_cpe_adaptors.pth.tar", "expected_vit_cpe_adaptors_align_corners_true.full.safetensors", True),
+    ("vit_layerscale.pth.tar", "expected_vit_layerscale.full.safetensors", False),
+    ("vit_spectral.pth.tar", "expected_vit_spectral.full.safetensors", False),
+    ("vit_feature_normalizer.pth.tar", "expected_vit_feature_normalizer.full.safetensors", False),
+]
+
+
+@pytest.mark.parametrize(("source", "expected", "align_corners"), FULL)
+def test_official_fixture_full_coverage(ref, fixtures_dir, source, expected, align_corners):
+    """Every tensor kind for every input (the optional extras folder), fed its float32 inputs."""
+    extra = fixtures_dir / "radio_reference_extra"
+    inputs = load_file(extra / "inputs_float32.safetensors")
+    model = convert_official(ref / source, align_corners=align_corners)
+    assert assert_matches_expected(model, extra / expected, inputs) >= 18
+
+
+def test_metadata_from_known_version_file_name(ref, tmp_path):
+    shutil.copyfile(ref / "vit_layerscale.pth.tar", tmp_path / "radio_v2.5-b.pth.tar")
+    config = convert_official(tmp_path / "radio_v2.5-b.pth.tar").config
+    assert config.version == "radio_v2.5-b" and config.preferred_resolution == [768, 768]
+    assert config.max_resolution == 256  # the checkpoint's own position table (args.cpe_max_size) wins

@@ -134,6 +134,15 @@ def test_training_cpe_only_in_train_mode():
     torch.testing.assert_close(model(x).features, reference, rtol=0, atol=0)
 
 
+def test_training_cpe_crops_per_sample_and_skips_native_grid():
+    model = build_tiny_radio("tiny-radio-backbone", cpe_pos_dropout=0.0).train()
+    same = torch.rand(1, 3, 32, 48).expand(2, -1, -1, -1)
+    features = model(same).features
+    assert (features[0] - features[1]).abs().max() > 1e-3  # each image gets its own crop
+    native = torch.rand(1, 3, 256, 256)  # the 16x16 table itself: the official code uses it as is
+    torch.testing.assert_close(model(native).features, model.eval()(native).features, rtol=0, atol=1e-6)
+
+
 def test_training_pos_dropout_drops_whole_position_embedding():
     model = build_tiny_radio("tiny-radio-backbone", training_cpe=False, cpe_pos_dropout=1.0)
     x = torch.rand(2, 3, 32, 48)
@@ -206,6 +215,17 @@ def test_forward_intermediates_sparse_and_dense():
     torch.testing.assert_close(with_prefix[0].summary, final.summary)
     with pytest.raises(ValueError, match="aggregation"):
         model.forward_intermediates(x, aggregation="mean")
+
+
+def test_packed_forward_intermediates_equal_per_image():
+    model = build_tiny_radio("tiny-radio-4layer")
+    images = [torch.rand(1, 3, 32, 48), torch.rand(1, 3, 64, 32)]
+    pixel_values, grids = pack(images)
+    kwargs = {"indices": [1, 3], "aggregation": "dense", "output_fmt": "NLC", "intermediates_only": True}
+    packed = model.forward_intermediates(pixel_values, image_grid_hw=grids, **kwargs)
+    singles = [model.forward_intermediates(im, **kwargs) for im in images]
+    for i in range(2):
+        torch.testing.assert_close(packed[i], torch.cat([s[i][0] for s in singles]), rtol=0, atol=1e-5)
 
 
 def test_make_preprocessor_external(model):
