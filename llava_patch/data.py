@@ -133,8 +133,10 @@ class LazySupervisedDataset(Dataset):
     """LLaVA records tokenised and their images processed when indexed.
 
     `dataset[i]` is a dict: input_ids (L,), labels (L,) int64 (image tokens already expanded and masked)
-    and pixel_values (3, h, w) or None for a text-only sample. A bad record is logged in `bad_samples`
-    and replaced by the next good one; `skipped` lists the (id, reason) pairs replaced on this call.
+    and pixel_values (3, h, w) or None for a text-only sample. Records that are bad on reading are
+    counted in `bad_samples` at construction; one that fails to load is replaced by the next good one and
+    listed in the sample's `skipped` (id, reason) pairs, which the consumer (`LlavaTrainer`) adds to
+    `bad_samples` (DataLoader workers hold copies of the data set, so they cannot count).
     """
 
     def __init__(
@@ -184,8 +186,7 @@ class LazySupervisedDataset(Dataset):
             record = self.records[(index + attempt) % len(self.records)]
             try:
                 sample = self.load(record)
-            except BadSample as bad:
-                self.bad_samples.add(record.get("id", "?"), bad.reason, str(bad))
+            except BadSample as bad:  # counted by the consumer: this may run in a DataLoader worker
                 skipped.append((str(record.get("id", "?")), bad.reason))
                 continue
             sample["skipped"] = skipped
