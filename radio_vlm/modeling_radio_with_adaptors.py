@@ -416,6 +416,21 @@ class RadioWithAdaptors(PreTrainedModel):
             outputs[name] = RadioOutput(summary=head.forward_summary(cls_tokens), features=feats)
         return outputs
 
+    def _packed_grids(
+        self, pixel_values: torch.Tensor, image_grid_hw: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """`image_grid_hw` when `pixel_values` are packed patches, None for a dense (B, 3, H, W) batch."""
+        if image_grid_hw is None or pixel_values.ndim == 4:
+            return None
+        patch_dim = self.config.backbone_config.num_channels * self.patch_size**2
+        total = int(image_grid_hw.prod(-1).sum())
+        if pixel_values.ndim != 2 or tuple(pixel_values.shape) != (total, patch_dim):
+            raise ValueError(
+                f"packed pixel_values must be (sum of h*w over image_grid_hw, 3*patch_size**2) = "
+                f"({total}, {patch_dim}), got {tuple(pixel_values.shape)}"
+            )
+        return image_grid_hw
+
     def _check_fmt(self, feature_fmt: str, packed: bool) -> None:
         if feature_fmt not in ("NLC", "NCHW"):
             raise ValueError(f"feature_fmt must be 'NLC' or 'NCHW', got {feature_fmt!r}")
@@ -437,7 +452,10 @@ class RadioWithAdaptors(PreTrainedModel):
         pixel_values: (B, 3, H, W) RGB in [0, 1], H and W multiples of `min_resolution_step`; or, with
             `image_grid_hw` (num_images, 2) patch grids, the concatenated flattened patches
             (sum_i h_i*w_i, 3*p*p) of differently sized images (channel-major patches, as RadioModel packs).
+            With 4-D `pixel_values` a given `image_grid_hw` is not needed and is ignored, as are other
+            processor outputs in `kwargs` (`image_sizes`), so `model(**processor(images))` works either way.
         """
+        image_grid_hw = self._packed_grids(pixel_values, image_grid_hw)
         packed = image_grid_hw is not None
         self._check_fmt(feature_fmt, packed)
         if not self.is_vit:
@@ -509,6 +527,7 @@ class RadioWithAdaptors(PreTrainedModel):
             raise ValueError(
                 f"norm_alpha_scheme must be 'post-alpha', 'pre-alpha' or 'none', got {norm_alpha_scheme!r}"
             )
+        image_grid_hw = self._packed_grids(pixel_values, image_grid_hw)
         packed = image_grid_hw is not None
         self._check_fmt(output_fmt, packed)
         depth = len(self.backbone.encoder.layer) if self.is_vit else 0

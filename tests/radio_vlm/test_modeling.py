@@ -276,3 +276,20 @@ def test_mlp_v1_heads_run():
     } <= keys
     out = model(torch.rand(1, 3, 32, 32))
     assert out.adaptors["t"].summary.shape == (1, 8) and out.adaptors["t"].features.shape == (1, 4, 8)
+
+
+def test_processor_outputs_feed_the_model(model):
+    """`model(**processor(images))`: dense batches ignore image_grid_hw, packed ones use it."""
+    from radio_vlm.image_processing_radio import RadioImageProcessor
+
+    processor = RadioImageProcessor.from_model_config(model.config)
+    wide, tall = torch.rand(3, 48, 64), torch.rand(3, 64, 48)
+    dense_inputs = processor(images=[wide, wide], return_tensors="pt")
+    dense = model(**dense_inputs)
+    torch.testing.assert_close(dense.features, model(dense_inputs["pixel_values"]).features)
+    packed_inputs = processor(images=[wide, tall], return_tensors="pt")
+    packed = model(**packed_inputs)
+    assert packed.summary.shape[0] == 2
+    assert packed.features.shape[0] == int(packed_inputs["image_grid_hw"].prod(-1).sum())
+    with pytest.raises(ValueError, match="packed pixel_values must be"):
+        model(packed_inputs["pixel_values"][:-1], image_grid_hw=packed_inputs["image_grid_hw"])
