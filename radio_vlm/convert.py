@@ -170,6 +170,15 @@ def _summary_idxs(args: dict, hf_state: dict[str, torch.Tensor]) -> list[int]:
     return sorted(first.values())
 
 
+def _num_registers(args: dict, num_cls: int) -> int:
+    """Official `ClsToken` rule: `cpe_num_registers` if set, else `register_multiple - num_cls % register_multiple`
+    (so `register_multiple` registers, not 0, when it divides `num_cls`), else none."""
+    if args.get("cpe_num_registers") is not None:
+        return int(args["cpe_num_registers"])
+    multiple = args.get("register_multiple")
+    return multiple - num_cls % multiple if multiple else 0
+
+
 def _backbone_config(
     args: dict, state: dict[str, torch.Tensor], summary_idxs: list[int], source: Path
 ) -> dict:
@@ -190,6 +199,13 @@ def _backbone_config(
         if args.get("cls_token_per_teacher")
         else 1
     )
+    expected_tokens = num_cls + _num_registers(args, num_cls)
+    if num_tokens != expected_tokens:
+        raise ValueError(
+            f"{source}: cls_token.token has {num_tokens} rows but args give {num_cls} CLS tokens + "
+            f"{expected_tokens - num_cls} registers (cls_token_per_teacher, teachers, cpe_num_registers, "
+            "register_multiple): the checkpoint and its args disagree"
+        )
     kwargs = args.get("model_kwargs") or {}
     model_name = str(args.get("model", ""))
     heads = kwargs.get("num_heads") or next(

@@ -271,3 +271,14 @@ def test_metadata_from_known_version_file_name(ref, tmp_path):
     config = convert_official(tmp_path / "radio_v2.5-b.pth.tar").config
     assert config.version == "radio_v2.5-b" and config.preferred_resolution == [768, 768]
     assert config.max_resolution == 256  # the checkpoint's own position table (args.cpe_max_size) wins
+
+
+def test_register_count_follows_args(ref, tmp_path):
+    def edit(ckpt):
+        ckpt["args"].register_multiple = 4  # 1 CLS -> 3 registers, but the weights hold 7
+
+    path = _rewrite(ref / "vit_layerscale.pth.tar", tmp_path / "regs.pth.tar", edit)
+    with pytest.raises(
+        ValueError, match=r"regs\.pth\.tar: cls_token\.token has 8 rows but args give 1 CLS tokens \+ 3"
+    ):
+        convert_official(path)
