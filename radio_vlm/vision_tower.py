@@ -151,7 +151,7 @@ class RadioVisionTower(nn.Module):
         return RadioLlavaVisionConfig(
             radio_config=radio_config.to_dict(),
             feature_sources=self._feature_sources(),
-            output_layernorm=self.spec.layernorm,
+            output_layernorm=self.spec.layernorm or getattr(config, "output_layernorm", False),
         )
 
     def load_model(self, device_map=None) -> None:
@@ -159,15 +159,15 @@ class RadioVisionTower(nn.Module):
         if self.is_loaded:
             return
         source, config = self.spec.source, self.cfg_only
+        settings = {"feature_sources": config.feature_sources, "output_layernorm": config.output_layernorm}
         if source in list_tiny_models():
-            radio = build_tiny_radio(source)
-        elif isinstance(self._source_config(), RadioLlavaVisionConfig):
-            radio = RadioLlavaVisionModel.from_pretrained(source).radio
+            self.vision_tower = RadioLlavaVisionModel.from_radio(build_tiny_radio(source), **settings)
+        elif isinstance(self._source_config(), RadioLlavaVisionConfig):  # keeps a trained output LayerNorm
+            self.vision_tower = RadioLlavaVisionModel.from_pretrained(source, config=config)
         else:
-            radio = RadioWithAdaptors.from_pretrained(source)
-        self.vision_tower = RadioLlavaVisionModel.from_radio(
-            radio, feature_sources=config.feature_sources, output_layernorm=config.output_layernorm
-        )
+            self.vision_tower = RadioLlavaVisionModel.from_radio(
+                RadioWithAdaptors.from_pretrained(source), **settings
+            )
         self.vision_tower.requires_grad_(False)
         self.is_loaded = True
 
