@@ -98,7 +98,7 @@ def score_gqa(answers_path: str | Path, annotations_path: str | Path) -> ScoreRe
     by_id, duplicates = index_by_question(answer_lines)
     for answer in by_id.values():
         if answer.question_id not in questions:
-            raise unknown_question_error(answer, answers_path, annotations_path)
+            raise unknown_question_error(answer, annotations_path)
 
     scores: dict[str, list[float]] = {"accuracy": [], "binary": [], "open": []}
     breakdowns: dict[str, dict[Any, list[float]]] = {

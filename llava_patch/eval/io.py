@@ -27,7 +27,7 @@ class Answer:
     question_id: QuestionId
     text: str  # the model's output
     prompt: str | None  # the question text the model saw (needed by TextVQA matching)
-    line: int  # 1-based line number in the answers file, for error messages
+    where: str  # "file:line" (or "file: [index]" for a JSON array), for error messages
 
 
 @dataclass
@@ -77,28 +77,43 @@ def check_question_id(value: Any, where: str) -> QuestionId:
 
 
 def load_answers(path: str | Path, need_prompt: bool = False) -> list[Answer]:
-    """Read a LLaVA answers file: one `{"question_id", "text", "prompt", ...}` object per line."""
+    """Read answers: a LLaVA answers JSONL (one `{"question_id", "text", "prompt", ...}` per line), or one JSON
+    array in an official results format (VQA `{"question_id", "answer"}`, GQA `{"questionId", "prediction"}`;
+    LLaVA's GQA conversion is idempotent, so converted predictions score the same)."""
+    path = Path(path)
+    if _starts_with_array(path):
+        rows = read_json(path)
+        located = [(f"{path}: [{i}]", row) for i, row in enumerate(rows)]
+    else:
+        located = [(f"{path}:{number}", row) for number, row in read_jsonl(path)]
     answers = []
-    for number, row in read_jsonl(path):
-        where = f"{path}:{number}"
+    for where, row in located:
         if not isinstance(row, dict):
             raise EvalInputError(
                 f"{where}: expected a JSON object with question_id and text, got {row!r:.80}"
             )
-        if "question_id" not in row:
+        qid_key = next((k for k in ("question_id", "questionId") if k in row), None)
+        if qid_key is None:
             raise EvalInputError(f"{where}: no question_id; is this a LLaVA answers file?")
-        qid = check_question_id(row["question_id"], where)
-        if not isinstance(row.get("text"), str):
-            raise EvalInputError(
-                f"{where}: 'text' (the model's answer) must be a string, got {row.get('text')!r}"
-            )
+        qid = check_question_id(row[qid_key], where)
+        text = next((row[k] for k in ("text", "answer", "prediction") if k in row), None)
+        if not isinstance(text, str):
+            raise EvalInputError(f"{where}: 'text' (the model's answer) must be a string, got {text!r}")
         prompt = row.get("prompt")
         if need_prompt and not isinstance(prompt, str):
             raise EvalInputError(
                 f"{where}: 'prompt' must be the question string the model saw, got {prompt!r}"
             )
-        answers.append(Answer(qid, row["text"], prompt if isinstance(prompt, str) else None, number))
+        answers.append(Answer(qid, text, prompt if isinstance(prompt, str) else None, where))
     return answers
+
+
+def _starts_with_array(path: Path) -> bool:
+    if not path.is_file():
+        raise EvalInputError(f"{path}: file not found")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        head = f.read(4096).lstrip()
+    return head.startswith("[")
 
 
 def index_by_question(answers: list[Answer]) -> tuple[dict[QuestionId, Answer], int]:
@@ -112,11 +127,9 @@ def index_by_question(answers: list[Answer]) -> tuple[dict[QuestionId, Answer], 
     return by_id, len(answers) - len(by_id)
 
 
-def unknown_question_error(
-    answer: Answer, answers_path: str | Path, annotations_path: str | Path
-) -> EvalInputError:
+def unknown_question_error(answer: Answer, annotations_path: str | Path) -> EvalInputError:
     return EvalInputError(
-        f"{answers_path}:{answer.line}: question_id {answer.question_id!r} is not in {annotations_path}; "
+        f"{answer.where}: question_id {answer.question_id!r} is not in {annotations_path}; "
         "is this an answers file for another benchmark or split?"
     )
 

@@ -150,7 +150,7 @@ def score_pope(
     by_id, duplicates = index_by_question(answer_lines)
     for answer in by_id.values():
         if answer.question_id not in questions:
-            raise unknown_question_error(answer, answers_path, questions_path)
+            raise unknown_question_error(answer, questions_path)
 
     per_category, per_question, missing = {}, [], []
     for category, category_labels in labels.items():

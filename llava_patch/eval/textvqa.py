@@ -101,20 +101,20 @@ def score_textvqa(answers_path: str | Path, annotations_path: str | Path) -> Sco
         question = question_from_prompt(answer.prompt)
         if question is None:
             raise EvalInputError(
-                f"{answers_path}:{answer.line}: cannot find the question in prompt {answer.prompt!r:.120}; LLaVA "
+                f"{answer.where}: cannot find the question in prompt {answer.prompt!r:.120}; LLaVA "
                 "expects '{question}\\nAnswer ...' or '{question}\\nReference OCR token: ...\\nAnswer ...'"
             )
         key = (answer.question_id, question)
         if key not in annotations:
             raise EvalInputError(
-                f"{answers_path}:{answer.line}: no annotation in {annotations_path} for image id "
+                f"{answer.where}: no annotation in {annotations_path} for image id "
                 f"{answer.question_id!r} and question {question!r}; is this an answers file for another benchmark?"
             )
         ann = annotations[key]
         if len(ann["answers"]) != NUM_HUMAN_ANSWERS:  # checked where LLaVA asserts: only for matched entries
             raise EvalInputError(
                 f"{annotations_path}: the annotation for image id {ann['image_id']!r}, question {ann['question']!r} "
-                f"(matched by {answers_path}:{answer.line}) has {len(ann['answers'])} answers; LLaVA's evaluator "
+                f"(matched by {answer.where}) has {len(ann['answers'])} answers; LLaVA's evaluator "
                 f"needs exactly {NUM_HUMAN_ANSWERS}"
             )
         matched.add(key)

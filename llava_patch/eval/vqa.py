@@ -107,7 +107,7 @@ def score_vqav2(answers_path: str | Path, annotations_path: str | Path) -> Score
     by_id, duplicates = index_by_question(answer_lines)
     for answer in by_id.values():
         if answer.question_id not in annotations:
-            raise unknown_question_error(answer, answers_path, annotations_path)
+            raise unknown_question_error(answer, annotations_path)
 
     scores: dict[QuestionId, float] = {}
     per_answer_type: dict[str, list[float]] = {}
@@ -167,7 +167,7 @@ def build_submission(
     known = set(question_ids)
     for answer in by_id.values():
         if answer.question_id not in known:
-            raise unknown_question_error(answer, answers_path, questions_path)
+            raise unknown_question_error(answer, questions_path)
     upload, missing = [], []
     for qid in question_ids:
         if qid in by_id:

@@ -68,12 +68,13 @@ def test_score_cli_writes_metrics_per_question_and_upload(tmp_path: Path, vqav2_
     [
         ('{"question_id": 1, "text": "2"}\n{"question_id": 2, "te', r"answers.jsonl:2: not valid JSON"),
         ('{"question_id": 1, "text": "2"}\n{"text": "2"}\n', r"answers.jsonl:2: no question_id"),
-        ('{"question_id": 1, "answer": "2"}\n', r"answers.jsonl:1: 'text' .* must be a string"),
+        ('{"question_id": 1, "text": 2}\n', r"answers.jsonl:1: 'text' .* must be a string"),
         (
             '{"question_id": 1.5, "text": "2"}\n',
             r"answers.jsonl:1: question_id must be an integer or a string",
         ),
-        ('["not", "an", "object"]\n', r"answers.jsonl:1: expected a JSON object"),
+        ('"not an object"\n', r"answers.jsonl:1: expected a JSON object"),
+        ('[{"question_id": 1, "answer": "2"}, 7]', r"answers.jsonl: \[1\]: expected a JSON object"),
         (
             '{"question_id": "n1234", "text": "yes"}\n',
             r"answers.jsonl:1: question_id 'n1234' is not in .*another benchmark",
@@ -88,6 +89,14 @@ def test_malformed_answers_name_file_and_line(
     assert main(["score", "--benchmark", "vqav2", "--answers", str(answers), "--annotations", str(ann)]) == 2
     err = capsys.readouterr().err
     assert re.search(message, err), err
+
+
+def test_official_results_formats_are_read(tmp_path: Path, vqav2_files, capsys) -> None:
+    # vqaEval.py results: one JSON list of {"question_id", "answer"}
+    ann, answers = vqav2_files
+    answers.write_text(json.dumps([{"question_id": 1, "answer": "2"}, {"question_id": 2, "answer": "cat"}]))
+    assert main(["score", "--benchmark", "vqav2", "--answers", str(answers), "--annotations", str(ann)]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == 100.0
 
 
 def test_flag_combinations_are_explained(tmp_path: Path, vqav2_files, capsys) -> None:

@@ -166,6 +166,10 @@ def test_score_gqa(tmp_path: Path) -> None:
     # g2 gold red:1, predicted red:1 -> 0, weight 1; (1.5*3 + 0) / 4 / 100
     assert m["distribution"] == pytest.approx(1.125 / 100, abs=1e-15)
     assert m["num_questions"] == 5 and m["num_missing"] == 0
+    # LLaVA's converted testdev_balanced_predictions.json scores the same (the conversion is idempotent)
+    converted = [{"questionId": q, "prediction": convert_prediction(t)} for q, t in answers]
+    ans.write_text(json.dumps(converted))
+    assert score_gqa(ans, ann).metrics == m
 
 
 def test_gqa_int_ids_never_match_string_keys(tmp_path: Path) -> None:
