@@ -12,7 +12,7 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, 
 
 import llava_patch
 from llava_patch.cli import main as cli
-from llava_patch.convert import rename
+from llava_patch.convert import read_state_dict, rename
 from llava_patch.llm import build_tiny_llama
 
 IMAGE = -200  # LLaVA's placeholder id
@@ -69,7 +69,7 @@ def save_original_llava(llava, tower: str, path: Path) -> Path:
     model.get_vision_tower().load_model()
     model.model.load_state_dict(llm.model.state_dict(), strict=False)
     model.lm_head.load_state_dict(llm.lm_head.state_dict())
-    model.save_pretrained(path)
+    model.save_pretrained(path, max_shard_size="100KB")  # sharded, with model.safetensors.index.json
     tokenizer.save_pretrained(path)
     return path
 
@@ -89,6 +89,7 @@ def test_round_trip_identical_logits(llava, clip_dir, tmp_path, tower_kind):
     num_image_tokens = 4 if tower_kind == "clip" else 6  # CLIP: 2x2 patches (CLS dropped); RADIO: 2x3
     text = [1, 17, 29, 5]
     input_ids = torch.tensor([text[:2] + [IMAGE] + text[2:]])
+    assert (source / "model.safetensors.index.json").is_file()
     reference = original_logits(llava, source, input_ids, pixel_values)
 
     assert cli(["convert", "--from", "llava", "--to", "hf", str(source), str(tmp_path / "hf")]) == 0
@@ -141,8 +142,21 @@ def test_projector_round_trip(tmp_path):
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
 
 
+def test_read_sharded_bin_checkpoint(tmp_path):
+    """LLaVA-1.5's released checkpoints are pytorch_model-0000k-of-0000n.bin shards with an index."""
+    shards = {
+        "pytorch_model-00001-of-00002.bin": {"a": torch.ones(2)},
+        "pytorch_model-00002-of-00002.bin": {"b": torch.zeros(3)},
+    }
+    for name, tensors in shards.items():
+        torch.save(tensors, tmp_path / name)
+    weight_map = {key: name for name, tensors in shards.items() for key in tensors}
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    state = read_state_dict(tmp_path)
+    assert sorted(state) == ["a", "b"] and torch.equal(state["b"], torch.zeros(3))
+
+
 def test_bad_inputs(tmp_path):
-    (tmp_path / "x.bin").write_bytes(b"")
     torch.save({"model.layers.0.weight": torch.zeros(1)}, tmp_path / "x.bin")
     with pytest.raises(ValueError, match="expected only projector weights"):
         cli(["convert", "--from", "llava", "--to", "hf", str(tmp_path / "x.bin"), str(tmp_path / "o")])
@@ -153,3 +167,29 @@ def test_bad_inputs(tmp_path):
         cli(["convert", "--from", "llava", "--to", "hf", str(tmp_path / "ckpt"), str(tmp_path / "o")])
     with pytest.raises(ValueError, match="has no counterpart"):
         rename("vision_tower.x", to_hf=True)
+
+
+def test_hf_track_model_to_original_llava(llava, tmp_path):
+    """A RADIO-LLaVA built on transformers (llava_patch.model.build, as `radio-llava train` saves it) runs
+    in the original codebase after conversion, with the same logits."""
+    from llava_patch.model import build
+
+    model, processor = build("tiny-radio", "tiny-llama")
+    model.save_pretrained(tmp_path / "hf")
+    processor.save_pretrained(tmp_path / "hf")
+    pixel_values = torch.rand(1, 3, 48, 32)
+    text = [1, 17, 29, 5]
+    hf_ids = torch.tensor([text[:1] + [model.config.image_token_id] * 6 + text[1:]])  # 3x2 patches
+    with torch.no_grad():
+        reference = model.eval()(input_ids=hf_ids, pixel_values=pixel_values).logits
+
+    assert (
+        cli(["convert", "--from", "hf", "--to", "llava", str(tmp_path / "hf"), str(tmp_path / "llava-radio")])
+        == 0
+    )
+    logits = original_logits(
+        llava, tmp_path / "llava-radio", torch.tensor([text[:1] + [IMAGE] + text[1:]]), pixel_values
+    )
+    vocab = logits.shape[-1]
+    assert vocab == model.config.image_token_id  # the added <image> row is gone again
+    torch.testing.assert_close(logits, reference[..., :vocab], rtol=0, atol=1e-5)
