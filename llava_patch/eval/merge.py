@@ -38,7 +38,11 @@ def merge_chunks(paths: list[Path], out: str | Path, question_file: str | Path |
             rows.append(row)
     if question_file is not None:
         by_id = {row["question_id"]: row for row in rows}
-        order = [row["question_id"] for _, row in read_jsonl(question_file)]
+        order = []
+        for number, row in read_jsonl(question_file):
+            if not isinstance(row, dict) or "question_id" not in row:
+                raise EvalInputError(f"{question_file}:{number}: a LLaVA question needs a question_id")
+            order.append(row["question_id"])
         missing = [qid for qid in order if qid not in by_id]
         if missing:
             print(f"warning: {len(missing)} questions have no answer (first: {missing[:5]})", file=sys.stderr)
