@@ -196,7 +196,8 @@ def trained_llava(tmp_path_factory, tiny_llm_dir) -> Path:
     root = _write_llava_data(tmp_path_factory.mktemp("llava-data"))
     out = root / "llava-radio-tiny"  # LLaVA's loader needs "llava" in the model name
     command = [
-        sys.executable, "-m", "llava_patch.run", "llava.train.train",
+        # --local_rank first, where `deepspeed --module llava_patch.run` puts it
+        sys.executable, "-m", "llava_patch.run", "--local_rank=-1", "llava.train.train",
         "--model_name_or_path", str(tiny_llm_dir), "--version", "v1",
         "--data_path", str(root / "train.json"), "--image_folder", str(root / "images"),
         "--vision_tower", TOWER, "--mm_projector_type", "mlp2x_gelu", "--mm_vision_select_layer", "-1",
