@@ -44,16 +44,18 @@ def read_jsonl(path: str | Path) -> list[tuple[int, Any]]:
     if not path.is_file():
         raise EvalInputError(f"{path}: file not found")
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                rows.append((number, json.loads(line)))
+                rows.append((number, json.loads(line.decode("utf-8"))))
             except json.JSONDecodeError as e:
                 raise EvalInputError(
                     f"{path}:{number}: not valid JSON ({e.msg}); every line must be one JSON object"
                 ) from None
+            except UnicodeDecodeError as e:
+                raise EvalInputError(f"{path}:{number}: not UTF-8 text ({e.reason})") from None
     return rows
 
 
@@ -62,11 +64,12 @@ def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise EvalInputError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise EvalInputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except json.JSONDecodeError as e:
+        raise EvalInputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise EvalInputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def check_question_id(value: Any, where: str) -> QuestionId:
