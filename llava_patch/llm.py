@@ -164,6 +164,9 @@ def build_tiny_llama() -> tuple[LlamaForCausalLM, LlamaTokenizer]:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        # 10x LLaMA's 0.02: at hidden 32 the default gives near-uniform logits that no input can move,
+        # so a projector-only (pretrain) run could not lower the loss
+        initializer_range=0.2,
     )
     with torch.random.fork_rng():
         torch.manual_seed(0)
