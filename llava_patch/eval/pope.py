@@ -15,7 +15,8 @@ Where this differs from LLaVA: eval_pope.py zips the category's answers *in answ
 file's lines, so a reordered or incomplete answers file silently pairs answers with the wrong labels (and zip
 truncates). Here each answer is joined to its question by question id, and the question to its label:
 by question id when the label file's ids are exactly that category's question ids, else by position within the
-category (LLaVA's llava_pope_test.jsonl lists each category's questions in label-file order). The two agree
+category (LLaVA's llava_pope_test.jsonl lists each category's questions in label-file order); where both files
+name the image, a label paired with a question on another image is an error. The two agree
 whenever the answers file is complete and in question order, as LLaVA's merged chunks are. A label file whose
 length differs from its category's question count is an error (the classic cause: POPE's newer 3000-line
 coco_pope_random.json; LLaVA-1.5 used POPE commit e3e39262, 2910 random questions). A repeated question id
@@ -24,6 +25,7 @@ keeps its last answer (LLaVA would count both lines).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +82,19 @@ def pope_metrics(predictions: list[str], labels: list[str]) -> dict[str, Any]:
     }
 
 
-def load_pope_questions(path: str | Path) -> dict[QuestionId, tuple[str, int]]:
-    """llava_pope_test.jsonl -> {question_id: (category, index within the category)}."""
-    questions: dict[QuestionId, tuple[str, int]] = {}
-    per_category: dict[str, int] = {}
+@dataclass(frozen=True)
+class PopeItem:
+    """A question of llava_pope_test.jsonl, or a line of a coco_pope_<category>.json label file."""
+
+    question_id: QuestionId | None  # label files' ids restart per category; may be absent
+    image: str | None  # COCO file name, used to check the pairing
+    value: str  # the category (question file) or the label (label file)
+    where: str  # "file:line"
+
+
+def load_pope_questions(path: str | Path) -> list[PopeItem]:
+    """llava_pope_test.jsonl in file order (value = category); question ids must be unique."""
+    questions, seen = [], set()
     for number, row in read_jsonl(path):
         where = f"{path}:{number}"
         if not isinstance(row, dict) or "question_id" not in row or not isinstance(row.get("category"), str):
@@ -91,16 +102,15 @@ def load_pope_questions(path: str | Path) -> dict[QuestionId, tuple[str, int]]:
                 f"{where}: each POPE question needs question_id and category (llava_pope_test.jsonl)"
             )
         qid = check_question_id(row["question_id"], where)
-        if qid in questions:
+        if qid in seen:
             raise EvalInputError(f"{where}: question_id {qid!r} appears twice")
-        index = per_category.get(row["category"], 0)
-        questions[qid] = (row["category"], index)
-        per_category[row["category"]] = index + 1
+        seen.add(qid)
+        questions.append(PopeItem(qid, row.get("image"), row["category"], where))
     return questions
 
 
-def load_pope_labels(folder: str | Path) -> dict[str, list[tuple[QuestionId | None, str]]]:
-    """{category: [(label-file question_id or None, label)]} from coco_pope_<category>.json files."""
+def load_pope_labels(folder: str | Path) -> dict[str, list[PopeItem]]:
+    """{category: label lines (value = label)} from the coco_pope_<category>.json files of `folder`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise EvalInputError(
@@ -112,32 +122,39 @@ def load_pope_labels(folder: str | Path) -> dict[str, list[tuple[QuestionId | No
             continue
         rows = []
         for number, row in read_jsonl(path):
+            where = f"{path}:{number}"
             if not isinstance(row, dict) or not isinstance(row.get("label"), str):
-                raise EvalInputError(f"{path}:{number}: each line needs a string 'label' (yes/no)")
+                raise EvalInputError(f"{where}: each line needs a string 'label' (yes/no)")
             qid = row.get("question_id")
-            rows.append(
-                (check_question_id(qid, f"{path}:{number}") if qid is not None else None, row["label"])
-            )
+            qid = check_question_id(qid, where) if qid is not None else None
+            rows.append(PopeItem(qid, row.get("image"), row["label"], where))
         labels[path.name[len(LABEL_PREFIX) : -len(LABEL_SUFFIX)]] = rows
     if not labels:
         raise EvalInputError(f"{folder}: no coco_pope_<category>.json label files found")
     return labels
 
 
-def _label_for_question(
-    labels: list[tuple[QuestionId | None, str]], category_qids: list[QuestionId], labels_path: Path
-) -> dict[QuestionId, str]:
-    """Pair a category's questions with its labels: by id when the id sets agree, else by position."""
-    if len(labels) != len(category_qids):
+def pair_labels(labels: list[PopeItem], questions: list[PopeItem], labels_path: Path) -> list[PopeItem]:
+    """The label line of each of a category's questions: by id when the label file's ids are exactly the
+    questions' ids, else by position. A label whose image differs from its question's is an error."""
+    if len(labels) != len(questions):
         raise EvalInputError(
-            f"{labels_path}: {len(labels)} labels but {len(category_qids)} questions of this category in the "
+            f"{labels_path}: {len(labels)} labels but {len(questions)} questions of this category in the "
             "question file; LLaVA-1.5 uses POPE at commit e3e39262 (3000 adversarial, 3000 popular, 2910 random)"
         )
-    label_ids = [qid for qid, _ in labels]
-    if set(label_ids) == set(category_qids) and len(set(label_ids)) == len(label_ids):
-        by_id = {qid: label for qid, label in labels}
-        return {qid: by_id[qid] for qid in category_qids}
-    return {qid: label for qid, (_, label) in zip(category_qids, labels)}
+    label_ids = [label.question_id for label in labels]
+    if set(label_ids) == {q.question_id for q in questions} and len(set(label_ids)) == len(label_ids):
+        by_id = {label.question_id: label for label in labels}
+        paired = [by_id[q.question_id] for q in questions]
+    else:
+        paired = list(labels)
+    for question, label in zip(questions, paired):
+        if question.image is not None and label.image is not None and question.image != label.image:
+            raise EvalInputError(
+                f"{label.where}: label for image {label.image} paired with question {question.question_id!r} on "
+                f"image {question.image} ({question.where}): the label file and the question file disagree"
+            )
+    return paired
 
 
 def score_pope(
@@ -148,42 +165,44 @@ def score_pope(
     labels = load_pope_labels(annotations_path)
     answer_lines = load_answers(answers_path)
     by_id, duplicates = index_by_question(answer_lines)
+    known = {q.question_id for q in questions}
     for answer in by_id.values():
-        if answer.question_id not in questions:
+        if answer.question_id not in known:
             raise unknown_question_error(answer, questions_path)
 
     per_category, per_question, missing = {}, [], []
     for category, category_labels in labels.items():
-        category_qids = [qid for qid, (cat, _) in questions.items() if cat == category]
-        label_of = _label_for_question(
-            category_labels, category_qids, Path(annotations_path) / f"{LABEL_PREFIX}{category}{LABEL_SUFFIX}"
-        )
+        category_questions = [q for q in questions if q.value == category]
+        labels_path = Path(annotations_path) / f"{LABEL_PREFIX}{category}{LABEL_SUFFIX}"
         predictions, paired_labels = [], []
-        for qid in category_qids:
+        for question, label in zip(
+            category_questions, pair_labels(category_labels, category_questions, labels_path)
+        ):
+            qid = question.question_id
             if qid not in by_id:
                 missing.append(qid)
-                per_question.append(missing_record(qid, category=category, label=label_of[qid]))
+                per_question.append(missing_record(qid, category=category, label=label.value))
                 continue
             prediction = parse_yes_no(by_id[qid].text)
             predictions.append(prediction)
-            paired_labels.append(label_of[qid])
-            correct = prediction == ("no" if label_of[qid] == "no" else "yes")
+            paired_labels.append(label.value)
+            correct = prediction == ("no" if label.value == "no" else "yes")
             per_question.append(
                 {
                     "question_id": qid,
                     "prediction": prediction,
                     "score": float(correct),
                     "category": category,
-                    "label": label_of[qid],
+                    "label": label.value,
                 }
             )
         per_category[category] = {
             **pope_metrics(predictions, paired_labels),
-            "num_questions": len(category_qids),
+            "num_questions": len(category_questions),
         }
 
     f1s = [m["f1"] for m in per_category.values()]
-    unscored = sorted({cat for cat, _ in questions.values()} - set(labels))
+    unscored = sorted({q.value for q in questions} - set(labels))
     metrics = {
         "benchmark": "pope",
         "mean_f1": sum(f1s) / len(f1s) if None not in f1s else None,

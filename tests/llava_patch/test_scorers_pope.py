@@ -122,3 +122,15 @@ def test_answer_for_unknown_question_names_the_line(tmp_path: Path) -> None:
     folder, qfile = write_pope(tmp_path)
     with pytest.raises(EvalInputError, match=r"answers.jsonl:2: question_id 999"):
         score_pope(answers_file(tmp_path, [(1, "yes"), (999, "yes")]), folder, qfile)
+
+
+def test_label_on_another_image_is_an_error(tmp_path: Path) -> None:
+    # pairing is checked where both files name the image: a reordered label file cannot pass silently
+    folder, qfile = write_pope(tmp_path)
+    path = folder / "coco_pope_random.json"
+    rows = path.read_text().splitlines()
+    path.write_text("\n".join([rows[1], rows[0], *rows[2:]]) + "\n")
+    with pytest.raises(
+        EvalInputError, match=r"coco_pope_random.json:1: label for image 1.jpg paired with question 101"
+    ):
+        score_pope(answers_file(tmp_path, [(1, "yes")]), folder, qfile)
