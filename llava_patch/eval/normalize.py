@@ -24,6 +24,7 @@ Quirks kept on purpose (each is what the official code does, and scores depend o
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 # The 21 characters both implementations treat as punctuation (vqaEval.py HEAD `self.punct`, m4c PUNCTUATIONS).
 PUNCTUATION = (
@@ -152,6 +153,7 @@ def strip_answer(text: str) -> str:
     return text.replace("\n", " ").replace("\t", " ").strip(_PY2_WHITESPACE)
 
 
+@lru_cache(maxsize=1 << 16)  # pure function; human answers repeat across the 214k val questions
 def vqa_normalize(text: str) -> str:
     """The official VQA normalisation (vqaEval.py `processPunctuation` then `processDigitArticle`, Python 2).
 
@@ -162,6 +164,7 @@ def vqa_normalize(text: str) -> str:
     return _process_digit_article(_py2_split(_py2_lower(text)))
 
 
+@lru_cache(maxsize=1 << 16)
 def llava_answer_processor(text: str) -> str:
     """`EvalAIAnswerProcessor.__call__` of LLaVA / MMF (Python 3), used for TextVQA and VQAv2 uploads.
 

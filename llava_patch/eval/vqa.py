@@ -28,6 +28,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from llava_patch.eval.io import (
     EvalInputError,
     QuestionId,
@@ -113,7 +115,8 @@ def score_vqav2(answers_path: str | Path, annotations_path: str | Path) -> Score
     per_answer_type: dict[str, list[float]] = {}
     per_question_type: dict[str, list[float]] = {}
     missing = []
-    for qid, ann in annotations.items():  # vqaEval iterates the annotation's question ids
+    # vqaEval iterates the annotation's question ids; disable=None: a bar only on a terminal
+    for qid, ann in tqdm(annotations.items(), desc="vqav2", unit="question", disable=None):
         if qid not in by_id:
             missing.append(qid)
             continue
