@@ -166,7 +166,8 @@ def test_differently_sized_images_forward_backward(llava):
 
 
 def _write_llava_data(root: Path) -> Path:
-    """LLaVA-1.5 finetune-format JSON: images of four sizes, multi-turn, one text-only sample."""
+    """LLaVA-1.5 finetune-format JSON (images of four sizes, multi-turn, one text-only sample) and a
+    pretrain-format one (the image samples' first exchange)."""
     rng = np.random.default_rng(0)
     (root / "images").mkdir()
     items = []
@@ -187,31 +188,73 @@ def _write_llava_data(root: Path) -> Path:
         }
     )
     (root / "train.json").write_text(json.dumps(items))
+    pretrain = [{**item, "conversations": item["conversations"][:2]} for item in items if "image" in item]
+    (root / "pretrain.json").write_text(json.dumps(pretrain))
     return root
 
 
-@pytest.fixture(scope="module")
-def trained_llava(tmp_path_factory, tiny_llm_dir) -> Path:
-    """LLaVA's own train() (`python -m llava_patch.run llava.train.train`, LLaVA-1.5 finetune flags)."""
-    root = _write_llava_data(tmp_path_factory.mktemp("llava-data"))
-    out = root / "llava-radio-tiny"  # LLaVA's loader needs "llava" in the model name
+def run_llava_train(root: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
+    """LLaVA's own train() as its scripts launch it, via `python -m llava_patch.run llava.train.train`."""
     command = [
         # --local_rank first, where `deepspeed --module llava_patch.run` puts it
         sys.executable, "-m", "llava_patch.run", "--local_rank=-1", "llava.train.train",
-        "--model_name_or_path", str(tiny_llm_dir), "--version", "v1",
-        "--data_path", str(root / "train.json"), "--image_folder", str(root / "images"),
-        "--vision_tower", TOWER, "--mm_projector_type", "mlp2x_gelu", "--mm_vision_select_layer", "-1",
-        "--mm_use_im_start_end", "False", "--mm_use_im_patch_token", "False",
-        "--group_by_modality_length", "True", "--output_dir", str(out), "--max_steps", "3",
-        "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--evaluation_strategy", "no",
-        "--save_strategy", "no", "--logging_steps", "1", "--report_to", "none", "--model_max_length", "256",
-        "--dataloader_num_workers", "0", "--use_cpu", "True",
+        "--image_folder", str(root / "images"), "--vision_tower", TOWER, "--mm_projector_type", "mlp2x_gelu",
+        "--mm_vision_select_layer", "-1", "--mm_use_im_start_end", "False", "--mm_use_im_patch_token", "False",
+        "--output_dir", str(out), "--per_device_train_batch_size", "2", "--learning_rate", "1e-3",
+        "--evaluation_strategy", "no", "--save_strategy", "no", "--logging_steps", "1", "--report_to", "none",
+        "--model_max_length", "256", "--dataloader_num_workers", "0", "--use_cpu", "True", *flags,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, cwd=root, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "tokenization mismatch" not in result.stdout  # LLaVA's v1 label masking held on every sample
+    assert "tokenization mismatch" not in result.stdout  # LLaVA's label masking held on every sample
+    return result
+
+
+@pytest.fixture(scope="module")
+def llava_data(tmp_path_factory) -> Path:
+    return _write_llava_data(tmp_path_factory.mktemp("llava-data"))
+
+
+@pytest.fixture(scope="module")
+def pretrained_projector(llava_data, tiny_llm_dir) -> Path:
+    """Stage 1 as scripts/v1_5/pretrain.sh: `plain` template, projector only, LLaVA writes mm_projector.bin."""
+    out = llava_data / "llava-radio-pretrain"
+    run_llava_train(
+        llava_data, out, "--model_name_or_path", str(tiny_llm_dir), "--version", "plain",
+        "--data_path", str(llava_data / "pretrain.json"), "--tune_mm_mlp_adapter", "True", "--max_steps", "2",
+    )  # fmt: skip
+    return out / "mm_projector.bin"
+
+
+@pytest.fixture(scope="module")
+def trained_llava(llava_data, tiny_llm_dir, pretrained_projector) -> Path:
+    """Stage 2 as scripts/v1_5/finetune.sh: vicuna_v1, LLM + projector, starting from stage 1's projector."""
+    out = llava_data / "llava-radio-tiny"  # LLaVA's loader needs "llava" in the model name
+    run_llava_train(
+        llava_data, out, "--model_name_or_path", str(tiny_llm_dir), "--version", "v1",
+        "--data_path", str(llava_data / "train.json"), "--pretrain_mm_mlp_adapter", str(pretrained_projector),
+        "--group_by_modality_length", "True", "--max_steps", "3",
+    )  # fmt: skip
     return out
+
+
+def test_llava_pretrain_stage_projector_converts(pretrained_projector, tmp_path):
+    """LLaVA's pretraining output feeds its own finetuning (fixture above) and, converted, the
+    transformers track's model (llava_patch.checkpoints.load_projector checks the shapes)."""
+    from llava_patch.checkpoints import load_projector
+    from llava_patch.cli import main as cli
+    from llava_patch.model import build
+
+    state = torch.load(pretrained_projector, weights_only=True)
+    assert sorted(state) == [f"model.mm_projector.{i}.{p}" for i in (0, 2) for p in ("bias", "weight")]
+    assert (
+        cli(["convert", "--from", "llava", "--to", "hf", str(pretrained_projector.parent), str(tmp_path)])
+        == 0
+    )
+    model, _ = build("tiny-radio", "tiny-llama")
+    load_projector(model, tmp_path / "multi_modal_projector.safetensors")
+    assert torch.equal(model.model.multi_modal_projector.linear_2.bias, state["model.mm_projector.2.bias"])
 
 
 def test_llava_train_entry_point(trained_llava):
