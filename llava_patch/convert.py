@@ -246,13 +246,17 @@ def _tower_to_llava(model, out: Path, original: dict, src: Path) -> dict:
     folder = (out / VISION_DIR).resolve()
     tower.save_pretrained(folder)
     if isinstance(config.vision_config, RadioLlavaVisionConfig):
+        # the image size settings: the source's RadioImageProcessor, else the original tower name's
         name = original.get("mm_vision_tower", "")
-        options = parse_radio_tower_name(name) if name.startswith(RADIO_PREFIX) else None
+        sizes = vars(parse_radio_tower_name(name)) if name.startswith(RADIO_PREFIX) else {}
+        processor_file = src / "preprocessor_config.json"
+        if processor_file.is_file():
+            sizes = json.loads(processor_file.read_text())
         parts = [f"feature={'+'.join(config.vision_config.feature_sources)}"]
-        if options and options.long_edge:
-            parts.insert(0, f"long_edge={options.long_edge}")
-        if options and options.resize_mode != "long_edge":
-            parts.append(f"resize_mode={options.resize_mode}")
+        if sizes.get("long_edge"):
+            parts.insert(0, f"long_edge={sizes['long_edge']}")
+        if sizes.get("resize_mode", "long_edge") != "long_edge":
+            parts.append(f"resize_mode={sizes['resize_mode']}")
         if config.vision_config.output_layernorm:
             parts.append("layernorm=true")
         # the name's feature= decides; mm_vision_select_layer (restored or -1) no longer matters

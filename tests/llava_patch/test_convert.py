@@ -192,4 +192,6 @@ def test_hf_track_model_to_original_llava(llava, tmp_path):
     )
     vocab = logits.shape[-1]
     assert vocab == model.config.image_token_id  # the added <image> row is gone again
+    tower = json.loads((tmp_path / "llava-radio" / "config.json").read_text())["mm_vision_tower"]
+    assert tower.endswith(f":long_edge={processor.image_processor.long_edge},feature=backbone")
     torch.testing.assert_close(logits, reference[..., :vocab], rtol=0, atol=1e-5)
