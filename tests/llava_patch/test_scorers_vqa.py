@@ -198,3 +198,23 @@ def test_submission_reads_official_questions_json(tmp_path: Path) -> None:
     answers = tmp_path / "a.jsonl"
     answers.write_text(json.dumps(line(2, "The Dog.")) + "\n")
     assert build_submission(answers, questions)[0] == [{"question_id": 2, "answer": "dog"}]
+
+
+def test_upload_scored_officially_rescues_gate_cases_and_breaks_possessives(tmp_path: Path) -> None:
+    # eval_metrics.md (e): LLaVA's pre-processing under official scoring. The upload (a results array of
+    # {question_id, answer}) is read back by the val scorer, as the EvalAI server would score it.
+    cases = [(1, "Yes", ["yes"] * 10, 1.0), (2, "two", ["2"] * 10, 1.0), (3, "the dog", ["dog"] * 10, 1.0)]
+    cases += [(4, "man's", ["man's"] * 10, 0.0), (5, "red,white", ["red white"] * 9 + ["white"], 0.0)]
+    ann, ans = write_vqa(
+        tmp_path, [(q, "other", gt) for q, _, gt, _ in cases], [line(q, t) for q, t, _, _ in cases]
+    )
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question_id": q}) + "\n" for q, *_ in cases))
+    upload, _ = build_submission(ans, questions)
+    assert [u["answer"] for u in upload] == ["yes", "2", "dog", "man 's", "redwhite"]
+    uploaded = tmp_path / "upload.json"
+    uploaded.write_text(json.dumps(upload))
+    raw = {r["question_id"]: r["score"] for r in score_vqav2(ans, ann).per_question}
+    processed = {r["question_id"]: r["score"] for r in score_vqav2(uploaded, ann).per_question}
+    assert raw == {1: 0.0, 2: 0.0, 3: 0.0, 4: 1.0, 5: 1.0}  # official on the raw text: the gate bites
+    assert processed == {q: expected for q, _, _, expected in cases}
