@@ -159,6 +159,8 @@ def log_trainable(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
     parts = {"vision_tower": "vision_tower", "projector": "multi_modal_projector", "lora": "lora_"}
     counts: dict[str, list[int]] = {name: [0, 0] for name in [*parts, "language_model"]}
     for name, param in model.named_parameters():
+        if "original_module" in name:  # peft's frozen copy of a modules_to_save module
+            continue
         part = next((p for p, key in parts.items() if key in name), "language_model")
         counts[part][0] += param.numel() if param.requires_grad else 0
         counts[part][1] += param.numel()

@@ -121,29 +121,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("ranks", [1, 2])
-def test_deepspeed_zero2_pretrain_then_zero3_finetune(data, tmp_path, ranks):
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={ranks}",
-        f"--master_port={free_port()}",
-    ]
+@pytest.fixture(scope="module")
+def zero_runs(data, tmp_path_factory) -> dict[int, tuple[Path, subprocess.CompletedProcess]]:
+    """ZeRO-2 pretrain then ZeRO-3 finetune (zero_driver.py) under torchrun on 1 and on 2 ranks, both
+    launches at once (most of their time is start-up)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     driver = Path(__file__).with_name("zero_driver.py")
-    result = subprocess.run(
-        [*torchrun, str(driver), str(data), str(tmp_path)], env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    launches = {}
+    for ranks in (1, 2):
+        out = tmp_path_factory.mktemp(f"zero_{ranks}")
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}"]
+        command += [f"--master_port={free_port()}", str(driver), str(data), str(out)]
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        launches[ranks] = (out, process)
+    return {
+        ranks: (out, process.communicate()[0], process.returncode)
+        for ranks, (out, process) in launches.items()
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_deepspeed_zero2_pretrain_then_zero3_finetune(zero_runs, ranks):
+    out, log, returncode = zero_runs[ranks]
+    assert returncode == 0, log[-4000:]
     for stage in ("zero2", "zero3"):
-        state = json.loads((tmp_path / stage / "trainer_state.json").read_text())
+        state = json.loads((out / stage / "trainer_state.json").read_text())
         assert state["global_step"] == 2 and all(e["loss"] > 0 for e in state["log_history"] if "loss" in e)
-    projector = torch.load(tmp_path / "zero2" / "mm_projector.bin", weights_only=True)[
+    projector = torch.load(out / "zero2" / "mm_projector.bin", weights_only=True)[
         "model.mm_projector.0.weight"
     ]
-    finetuned, _ = load_pretrained(tmp_path / "zero3")  # ZeRO-3 gathered the full 16-bit weights on save
+    finetuned, _ = load_pretrained(out / "zero3")  # ZeRO-3 gathered the full 16-bit weights on save
     weight = finetuned.model.multi_modal_projector.linear_1.weight
     assert weight.shape == projector.shape
     # loaded from the ZeRO-2 projector before partitioning, then 2 steps at lr 1e-3 (Adam: <= ~1e-3 per step)
