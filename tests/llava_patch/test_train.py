@@ -158,3 +158,43 @@ def test_deepspeed_zero2_pretrain_then_zero3_finetune(zero_runs, ranks):
     assert weight.shape == projector.shape
     # loaded from the ZeRO-2 projector before partitioning, then 2 steps at lr 1e-3 (Adam: <= ~1e-3 per step)
     assert 0 < (weight - projector).abs().max() < 5e-3
+
+
+def test_stage_defaults_are_llava_15(monkeypatch):
+    import argparse
+
+    from llava_patch.train import add_arguments, resolve_settings
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    paths = ["--vision-tower", "v", "--llm", "l", "--data", "d", "--output-dir", "o"]
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    pretrain = resolve_settings(parser.parse_args(["--stage", "pretrain", *paths]))
+    assert (pretrain["template"], pretrain["learning_rate"], pretrain["global_batch_size"]) == (
+        "plain",
+        1e-3,
+        256,
+    )
+    assert pretrain["gradient_accumulation_steps"] == 1  # 32 per device x 8 GPUs
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    lora = resolve_settings(parser.parse_args(["--stage", "lora", *paths]))
+    assert (lora["learning_rate"], lora["projector_lr"], lora["lora_r"], lora["lora_alpha"]) == (
+        2e-4,
+        2e-5,
+        128,
+        256,
+    )
+    assert lora["gradient_accumulation_steps"] == 4  # global 128 = 16 per device x 2 GPUs x 4
+    assert (lora["warmup_ratio"], lora["lr_scheduler"], lora["weight_decay"], lora["max_length"]) == (
+        0.03,
+        "cosine",
+        0,
+        2048,
+    )
+
+
+def test_deepspeed_configs_leave_the_schedule_to_the_trainer():
+    for name, stage in [("zero2", 2), ("zero3", 3), ("zero3_offload", 3)]:
+        config = json.loads((REPO / "scripts" / f"{name}.json").read_text())
+        assert config["zero_optimization"]["stage"] == stage
+        assert "scheduler" not in config  # LLaVA's zero3_offload WarmupLR would replace the cosine schedule
