@@ -40,16 +40,19 @@ def student_config(config: DistillConfig, specs: Mapping[str, TeacherSpec]) -> R
         backbone.update(TINY_MODELS[s.preset]["backbone_config"])
     backbone.update(s.backbone)
     with_summary = [t.head for t in config.teachers if specs[t.name].summary is not None]
-    # One CLS token per teacher with a summary (official cls_token_per_teacher); the summary is all of them.
-    backbone["num_cls_tokens"] = max(1, len(with_summary))
-    backbone["summary_idxs"] = list(range(len(with_summary))) or [0]
+    # E-RADIO has no CLS token: its one summary (the mean token) feeds every summary head, as officially.
+    eradio = backbone.get("model_type") == "eradio"
+    if not eradio:
+        # One CLS token per teacher with a summary (official cls_token_per_teacher); the summary is all of them.
+        backbone["num_cls_tokens"] = max(1, len(with_summary))
+        backbone["summary_idxs"] = list(range(len(with_summary))) or [0]
     hidden = max(max(spec.feature_dim, spec.summary_dim or 0) for spec in specs.values())  # AM-RADIO 3.2
     head = {"hidden_dim": hidden, "num_inner": s.num_inner, "mlp_version": s.mlp_version}
     adaptors = {}
     for teacher in config.teachers:
         spec = specs[teacher.name]
         adaptors[teacher.head] = {
-            "head_idx": with_summary.index(teacher.head) if teacher.head in with_summary else 0,
+            "head_idx": 0 if eradio or teacher.head not in with_summary else with_summary.index(teacher.head),
             "summary": None if spec.summary is None else {**head, "output_dim": spec.summary_dim},
             "feature": {**head, "output_dim": spec.feature_dim},
         }
@@ -119,7 +122,8 @@ class SpectralReparam(nn.Module):
 
 def _spectral_linears(model: RadioWithAdaptors) -> list[nn.Linear]:
     """Every Linear of the backbone's blocks (the official code skips only the patch generator)."""
-    return [m for m in model.backbone.encoder.modules() if isinstance(m, nn.Linear)]
+    blocks = model.backbone.encoder if model.is_vit else model.backbone  # E-RADIO: all its Linears
+    return [m for m in blocks.modules() if isinstance(m, nn.Linear)]
 
 
 def enable_spectral_reparam(model: RadioWithAdaptors) -> None:
@@ -127,22 +131,31 @@ def enable_spectral_reparam(model: RadioWithAdaptors) -> None:
         parametrize.register_parametrization(linear, "weight", SpectralReparam(linear.weight.detach()))
 
 
-def bake_spectral_reparam(model: RadioWithAdaptors) -> None:
-    """Replace each parametrised weight by its current value W * s / sigma (eval-mode sigma), in place."""
+@torch.no_grad()
+def baked_state_dict(model: RadioWithAdaptors) -> dict[str, torch.Tensor]:
+    """The model's state dict with every spectral-parametrised weight replaced by its current (eval-mode)
+    value W * s / sigma under the plain `<module>.weight` name."""
     was_training = model.training
     model.eval()
-    for linear in _spectral_linears(model):
-        if parametrize.is_parametrized(linear, "weight"):
-            parametrize.remove_parametrizations(linear, "weight", leave_parametrized=True)
+    state = {k: v for k, v in model.state_dict().items() if ".parametrizations." not in k}
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module, "weight"):
+            state[f"{name}.weight"] = module.weight.detach().clone()
     model.train(was_training)
+    return state
 
 
 def exportable_student(model: RadioWithAdaptors) -> RadioWithAdaptors:
-    """A plain copy for `save_pretrained`: spectral weights baked, ViTDet off, eval mode."""
-    model = copy.deepcopy(model)
-    bake_spectral_reparam(model)
-    model.set_vitdet(None)
-    return model.eval()
+    """A plain copy for `save_pretrained`: spectral weights baked, ViTDet off, eval mode.
+
+    (A fresh model loaded with the baked weights: deep-copying a parametrised module shares its generated
+    class, so removing the parametrisation from the copy would break the original.)
+    """
+    config = copy.deepcopy(model.config)
+    config.vitdet_window_size = config.vitdet_num_global = config.vitdet_num_windowed = None
+    plain = RadioWithAdaptors(config)
+    plain.load_state_dict(baked_state_dict(model))
+    return plain.to(next(model.parameters()).device).eval()
 
 
 # ----------------------------------------------------------------------------------------------------------
