@@ -132,7 +132,10 @@ class UncertaintyBalancer(LossBalancer):
         return {term: self.base_weights[term] * torch.exp(-self.log_vars[term]) for term in losses}
 
     def regularizer(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor | float:
-        return sum(self.base_weights[term] * self.log_vars[term] for term in losses)
+        # Absent terms (other rank groups' teachers) enter with weight 0, so every log-variance gets a
+        # (zero) gradient on every rank and data-parallel engines see no unused parameters.
+        absent = sum(0.0 * value for term, value in self.log_vars.items() if term not in losses)
+        return sum(self.base_weights[term] * self.log_vars[term] for term in losses) + absent
 
 
 class AdaLossBalancer(LossBalancer):
@@ -140,6 +143,9 @@ class AdaLossBalancer(LossBalancer):
 
     The running mean starts at the first observed loss and is updated with `momentum` (0.99, AM-RADIO
     3.4.1) in training mode only; it is a buffer, saved and restored with the balancer's state_dict.
+    Under torch.distributed every rank must call `forward` each step: the step's loss of each term is
+    averaged over the ranks that computed it, so all ranks hold the same running means (and rank 0's
+    checkpoint holds every group's terms).
     """
 
     def __init__(self, base_weights: Mapping[str, float], momentum: float = 0.99, eps: float = 1e-8) -> None:
@@ -154,12 +160,25 @@ class AdaLossBalancer(LossBalancer):
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if self.training:
-            for term, loss in losses.items():
+            for term, value in self._step_losses(losses).items():
                 running, seen = self.running_mean(term), getattr(self, f"seen/{term}")
-                value = loss.detach().to(running)
+                value = value.to(running)
                 running.copy_(torch.where(seen, self.momentum * running + (1 - self.momentum) * value, value))
                 seen.fill_(True)
         return super().forward(losses)
+
+    def _step_losses(self, losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This step's loss per term, averaged over the ranks that computed it (all terms of the run)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return {term: loss.detach() for term, loss in losses.items()}
+        device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+        terms = list(self.base_weights)  # same order on every rank: built from the same config
+        stats = torch.zeros(2, len(terms), dtype=torch.float64, device=device)
+        for i, term in enumerate(terms):
+            if term in losses:
+                stats[0, i], stats[1, i] = losses[term].detach().double(), 1.0
+        torch.distributed.all_reduce(stats)
+        return {term: stats[0, i] / stats[1, i] for i, term in enumerate(terms) if stats[1, i] > 0}
 
     def weights(self, losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}

@@ -333,6 +333,10 @@ class Teacher(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.backbone.parameters()).dtype
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
     def forward(self, images: torch.Tensor) -> TeacherOutput:
         """images: (B, 3, R, R) resized to spec.resolution and normalised -> TeacherOutput in fp32."""
         spec = self.spec
@@ -346,7 +350,7 @@ class Teacher(nn.Module):
                 f"{tuple(images.shape)}; resize to the teacher's resolution first (distill.data does this)"
             )
         with torch.inference_mode():
-            outputs = self.backbone(images.to(self.dtype))
+            outputs = self.backbone(images.to(device=self.device, dtype=self.dtype))
         features = outputs[spec.features]
         batch, grid = images.shape[0], spec.grid_size
         features = features.reshape(batch, grid, grid, features.shape[-1])

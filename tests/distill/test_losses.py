@@ -212,3 +212,34 @@ def test_phi_s_standardises_targets_and_round_trips_through_safetensors(tmp_path
 def test_unknown_balancer_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown loss balancing method 'ada'"):
         build_balancer("ada", {"a": 1.0})
+
+
+def test_uncertainty_gives_absent_terms_zero_gradients():
+    balancer = UncertaintyBalancer({"a": 1.0, "b": 1.0})
+    balancer({"a": torch.tensor(2.0)}).backward()  # this rank's group has no "b" teacher
+    assert balancer.log_vars["b"].grad is not None and balancer.log_vars["b"].grad.item() == 0.0
+    assert balancer.log_vars["a"].grad.item() == pytest.approx(1.0 - 2.0)  # d/ds (exp(-s) L + s) at s=0
+
+
+def _adaloss_rank(rank: int, world_size: int, init_file: str, results: dict) -> None:
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
+    balancer = AdaLossBalancer({"a": 1.0, "b": 1.0})
+    losses = [{"a": torch.tensor(2.0)}, {"a": torch.tensor(4.0), "b": torch.tensor(5.0)}][rank]
+    balancer(losses)
+    results[rank] = (balancer.running_mean("a").item(), balancer.running_mean("b").item())
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_adaloss_running_means_agree_across_partitioned_ranks(tmp_path):
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.start_processes(
+            _adaloss_rank, args=(2, str(tmp_path / "init"), results), nprocs=2, start_method="fork"
+        )
+        # "a" is averaged over both ranks, "b" comes from the only rank that has it; both ranks agree.
+        assert dict(results) == {0: (3.0, 5.0), 1: (3.0, 5.0)}
