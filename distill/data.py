@@ -2,8 +2,9 @@
 
 Sources are index-based (`len`, `load(index) -> PIL RGB`): `ImageFolderSource` (recursive),
 `SyntheticSource` (procedural, deterministic per index) and `SkimageSource` (scikit-image's photos);
+`TarShardSource` (images inside WebDataset tar shards, indexed by their tar headers);
 `DistillDataset` turns one into map-style samples that any sampler (e.g. a DistributedSampler-like split
-by rank) can index. WebDataset tar shards (DataComp style) stream through `WebDatasetStream`, which
+by rank) can index. WebDataset shards (DataComp style) can also stream through `WebDatasetStream`, which
 splits shards by rank and DataLoader worker and yields whole batches.
 
 The view of sample `index` in `epoch` depends only on (seed, epoch, index) (for shards: the shard and
@@ -21,11 +22,13 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import PIL.Image
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from tqdm import tqdm
 
 from distill.teachers import TeacherSpec
 from radio_vlm.image_io import load_image
@@ -37,6 +40,14 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 
 # ----------------------------------------------------------------------------------------------------------
 # Sources
+
+
+class ImageSource(Protocol):
+    """What `DistillDataset` reads: a length and `load(index)`, which raises ValueError for unreadable images."""
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> PIL.Image.Image: ...
 
 
 class ImageFolderSource:
@@ -245,7 +256,7 @@ class DistillDataset(Dataset):
     tries), so batches keep their size and the replacement is deterministic.
     """
 
-    def __init__(self, source, view: DistillView, seed: int = 0, max_skips: int = 64) -> None:
+    def __init__(self, source: ImageSource, view: DistillView, seed: int = 0, max_skips: int = 64) -> None:
         if len(source) == 0:
             raise ValueError("the image source is empty")
         self.source, self.view, self.seed, self.max_skips = source, view, seed, max_skips
@@ -287,6 +298,46 @@ def _decode(data: bytes, name: str) -> PIL.Image.Image:
     except (OSError, SyntaxError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError) as err:
         raise ValueError(f"{name}: the image is corrupt or not an image ({err})") from err
     return load_image(image, name=name)
+
+
+class TarShardSource:
+    """Random access to the images of WebDataset tar shards, for index-based samplers.
+
+    Indexing reads only the tar headers (one pass per shard, at construction); `load` then seeks to an
+    image's bytes. Records without an image entry are not indexed. For very large shard sets, stream
+    them with `WebDatasetStream` instead of indexing every shard up front.
+    """
+
+    def __init__(self, urls: str | Sequence[str]) -> None:
+        import tarfile
+
+        import webdataset as wds
+
+        self.paths = [Path(u) for u in (wds.shardlists.expand_urls(urls) if isinstance(urls, str) else urls)]
+        missing = [str(p) for p in self.paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"WebDataset shards not found: {missing[:3]} ({len(missing)} missing)")
+        self.entries: list[tuple[int, int, int, str]] = []  # (shard, data offset, size, member name)
+        for shard, path in enumerate(tqdm(self.paths, desc="indexing shards", disable=len(self.paths) < 64)):
+            try:
+                with tarfile.open(path, mode="r:") as tar:
+                    for member in tar:
+                        if member.isfile() and member.name.rsplit(".", 1)[-1].lower() in _IMAGE_KEYS:
+                            self.entries.append((shard, member.offset_data, member.size, member.name))
+            except tarfile.TarError as err:
+                raise ValueError(f"{path}: not a readable (uncompressed) tar shard ({err})") from err
+        if not self.entries:
+            raise ValueError(f"no images ({'/'.join(_IMAGE_KEYS)}) in {len(self.paths)} WebDataset shards")
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def load(self, index: int) -> PIL.Image.Image:
+        shard, offset, size, member = self.entries[index]
+        with open(self.paths[shard], "rb") as file:
+            file.seek(offset)
+            data = file.read(size)
+        return _decode(data, f"{self.paths[shard]}:{member}")
 
 
 class WebDatasetStream(IterableDataset):

@@ -15,6 +15,7 @@ from distill.data import (
     ImageFolderSource,
     SkimageSource,
     SyntheticSource,
+    TarShardSource,
     WebDatasetStream,
     collate_distill,
 )
@@ -163,3 +164,17 @@ def test_webdataset_resume_with_dataloader_workers(shards):
     resumed = list(DataLoader(stream, batch_size=None, num_workers=2))
     assert _ids(resumed) == _ids(full)[3:]
     assert torch.equal(resumed[0].student_images, full[3].student_images)
+
+
+def test_tar_shard_source_gives_index_access_and_skips_corrupt(shards):
+    source = TarShardSource(shards)
+    assert len(source) == 23  # 24 records, one without an image
+    dataset = DistillDataset(source, _view(), seed=0)
+    corrupt = next(i for i, entry in enumerate(source.entries) if entry[3].endswith(".jpg"))
+    with pytest.raises(ValueError, match="corrupt"):
+        source.load(corrupt)
+    sample = dataset[corrupt]
+    assert sample.skipped == 1 and sample.student_image.shape == (3, 64, 64)
+    png = np.asarray(source.load(0))
+    expected = np.asarray(PIL.Image.open(io.BytesIO(_png_bytes(0))).convert("RGB"))
+    assert np.array_equal(png, expected)  # shard 0, record 0 was written from _png_bytes(0)
