@@ -45,6 +45,22 @@ class _Subset:
         return self.source.load(self.start + index)
 
 
+class _Cached:
+    """A generated source kept in memory once decoded: synthetic/scikit-image pools are small, and
+    regenerating an image for every view would dominate a tiny run's step time."""
+
+    def __init__(self, source) -> None:
+        self.source, self._images = source, {}
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def load(self, index: int):
+        if index not in self._images:
+            self._images[index] = self.source.load(index)
+        return self._images[index]
+
+
 def _held_out_split(source, eval_images: int, what: str):
     if len(source) <= eval_images:
         raise ValueError(
@@ -59,10 +75,12 @@ def _held_out_split(source, eval_images: int, what: str):
 def build_sources(data: DataConfig, seed: int):
     """(training source, held-out source) for the config's `data` section."""
     if data.source == "synthetic":
-        train = SyntheticSource(num_images=data.num_images, seed=seed)
+        train = _Cached(SyntheticSource(num_images=data.num_images, seed=seed))
         held_out = SyntheticSource(num_images=data.eval_images, seed=seed + EVAL_SEED_OFFSET)
     elif data.source == "skimage":
-        train, held_out = _held_out_split(SkimageSource(), data.eval_images, "scikit-image's photo set")
+        train, held_out = _held_out_split(
+            _Cached(SkimageSource()), data.eval_images, "scikit-image's photo set"
+        )
     elif data.source == "folder":
         if data.path is None:
             raise ValueError("data.path: the image folder to train on (data.source is 'folder')")

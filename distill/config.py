@@ -25,7 +25,10 @@ class StudentConfig:
     preset: str | None = (
         None  # a radio_vlm.tiny model whose backbone geometry to start from (e.g. tiny-radio)
     )
-    backbone: dict[str, Any] = field(default_factory=dict)  # transformers RadioConfig fields, over the preset
+    backbone: dict[str, Any] = field(default_factory=dict)  # RadioConfig/ERadioConfig fields, over the preset
+    init_from: str | None = (
+        None  # a run directory or RadioWithAdaptors folder to start from (stage 2 from stage 1)
+    )
     mlp_version: str = "v2"  # adaptor MLP layout (official MLP2 = AM-RADIO section 3.2's 2-layer MLP)
     num_inner: int = 0  # residual inner blocks of each adaptor MLP (0 = the paper's 2-layer head)
     training_cpe: bool = True  # random crops of the position table while training (AM-RADIO section 4, CPE)

@@ -32,6 +32,7 @@ def load_run_student(run_dir: str | Path) -> RadioWithAdaptors:
             f"{run_dir} has no checkpoint yet (checkpoints/latest); train longer or set train.save_every"
         )
     config = load_config(run_dir / "config.yaml")
+    config.student.init_from = None  # the checkpoint replaces every weight anyway
     specs = {
         t.name: get_teacher_spec(t.name, **({"source": t.source} if t.source else {}))
         for t in config.teachers

@@ -11,6 +11,7 @@ baked into plain weights on export.
 from __future__ import annotations
 
 import copy
+import logging
 import random
 from collections.abc import Mapping
 
@@ -24,6 +25,7 @@ from distill.teachers import TeacherSpec
 from radio_vlm import RadioWithAdaptors, RadioWithAdaptorsConfig
 from radio_vlm.tiny import TINY_MODELS
 
+logger = logging.getLogger("distill")
 # Parameter-name suffix of the learnable spectral scales (weight decay `student.spectral_weight_decay`).
 SPECTRAL_SCALE_SUFFIX = "parametrizations.weight.0.scale"
 
@@ -72,9 +74,34 @@ def build_student(config: DistillConfig, specs: Mapping[str, TeacherSpec]) -> Ra
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
         model = RadioWithAdaptors(model_config)
+    if config.student.init_from is not None:
+        _initialise_from(model, config.student.init_from)
     if config.student.spectral_reparam:
         enable_spectral_reparam(model)
     return model
+
+
+def _initialise_from(model: RadioWithAdaptors, path: str) -> None:
+    """Copy every tensor of the student at `path` whose name and shape match (backbone and the heads of
+    shared teachers); new heads keep their initialisation. `path`: a run directory (its newest checkpoint)
+    or a RadioWithAdaptors folder."""
+    from pathlib import Path
+
+    from distill.export import load_run_student  # the run's student is built by this module
+
+    source = Path(path)
+    if (source / "config.json").is_file():
+        state = RadioWithAdaptors.from_pretrained(source).state_dict()
+    elif (source / "config.yaml").is_file():
+        state = baked_state_dict(load_run_student(source))
+    else:
+        raise FileNotFoundError(
+            f"student.init_from: {source} is neither a RadioWithAdaptors folder nor a run directory"
+        )
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    logger.info(f"student initialised from {source}: {len(matched)}/{len(own)} tensors")
 
 
 # ----------------------------------------------------------------------------------------------------------
