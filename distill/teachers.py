@@ -14,6 +14,7 @@ registry on a CPU without downloading anything. Real teachers load from local pa
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -351,26 +352,32 @@ class Teacher(nn.Module):
             )
         with torch.inference_mode():
             outputs = self.backbone(images.to(device=self.device, dtype=self.dtype))
-        features = outputs[spec.features]
-        batch, grid = images.shape[0], spec.grid_size
-        features = features.reshape(batch, grid, grid, features.shape[-1])
-        summary = outputs[spec.summary] if spec.summary is not None else None
-        self._check_dims(summary, features)
+        features, summary = (
+            outputs[spec.features],
+            outputs[spec.summary] if spec.summary is not None else None,
+        )
+        self._check_shapes(summary, features)
+        features = features.reshape(images.shape[0], spec.grid_size, spec.grid_size, spec.feature_dim)
         # Copy out of inference mode (and to fp32) so the targets can enter autograd-tracked losses.
         return TeacherOutput(
             summary=None if summary is None else summary.to(torch.float32, copy=True),
             features=features.to(torch.float32, copy=True),
         )
 
-    def _check_dims(self, summary: torch.Tensor | None, features: torch.Tensor) -> None:
+    def _check_shapes(self, summary: torch.Tensor | None, features: torch.Tensor) -> None:
         spec = self.spec
-        if features.shape[-1] != spec.feature_dim or (
-            summary is not None and summary.shape[-1] != spec.summary_dim
+        tokens = math.prod(features.shape[1:-1])
+        summary_dim = None if summary is None else summary.shape[-1]
+        if (tokens, features.shape[-1], summary_dim) != (
+            spec.grid_size**2,
+            spec.feature_dim,
+            spec.summary_dim,
         ):
             raise ValueError(
-                f"teacher {spec.name!r} produced summary dim {None if summary is None else summary.shape[-1]} and "
-                f"feature dim {features.shape[-1]}, but its spec says {spec.summary_dim} and {spec.feature_dim}; "
-                f"the weights at {spec.source!r} belong to a different model"
+                f"teacher {spec.name!r} produced {tokens} feature tokens of dim {features.shape[-1]} and summary "
+                f"dim {summary_dim}, but its spec says {spec.grid_size}x{spec.grid_size} tokens of dim "
+                f"{spec.feature_dim} and summary dim {spec.summary_dim}; the weights at {spec.source!r} belong "
+                f"to a different model (or the spec's patch_size/dims are wrong)"
             )
 
 

@@ -176,3 +176,9 @@ def test_sam_teacher_loads_checkpoint(fmt, tmp_path):
         save_file({k: v.contiguous() for k, v in encoder_state.items()}, str(path))
     real = dataclasses.replace(tiny, random_weights=False, source=str(path))
     _assert_same(load_teacher(real)(_images(tiny)), teacher(_images(tiny)))
+
+
+def test_spec_that_disagrees_with_the_weights_is_a_clear_error():
+    wrong = dataclasses.replace(get_teacher_spec("tiny_dinov2"), feature_dim=64, summary_dim=64)
+    with pytest.raises(ValueError, match="belong to a different model"):
+        load_teacher(wrong)(torch.zeros(1, 3, 56, 56))
