@@ -25,12 +25,10 @@ from typing import Any
 from llava_patch.eval.io import (
     EvalInputError,
     ScoreResult,
+    answers_by_question,
     coverage_metrics,
-    index_by_question,
-    load_answers,
     missing_record,
     read_json,
-    unknown_question_error,
 )
 
 # eval.py getStepsNum: operations containing one of these do not add a reasoning step
@@ -94,11 +92,7 @@ def load_gqa_questions(path: str | Path) -> dict[str, dict[str, Any]]:
 def score_gqa(answers_path: str | Path, annotations_path: str | Path) -> ScoreResult:
     """Score a LLaVA GQA answers file against testdev_balanced_questions.json."""
     questions = load_gqa_questions(annotations_path)
-    answer_lines = load_answers(answers_path)
-    by_id, duplicates = index_by_question(answer_lines)
-    for answer in by_id.values():
-        if answer.question_id not in questions:
-            raise unknown_question_error(answer, annotations_path)
+    by_id, num_lines, duplicates = answers_by_question(answers_path, questions, annotations_path)
 
     scores: dict[str, list[float]] = {"accuracy": [], "binary": [], "open": []}
     breakdowns: dict[str, dict[Any, list[float]]] = {
@@ -145,6 +139,6 @@ def score_gqa(answers_path: str | Path, annotations_path: str | Path) -> ScoreRe
             for name, table in breakdowns.items()
         },
         "distribution": None if chi_square is None else chi_square / 100,
-        **coverage_metrics(num_balanced, len(answer_lines), duplicates, missing, answers_path),
+        **coverage_metrics(num_balanced, num_lines, duplicates, missing, answers_path),
     }
     return ScoreResult(metrics, per_question + [missing_record(qid) for qid in missing])

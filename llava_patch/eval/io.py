@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,22 +120,24 @@ def _starts_with_array(path: Path) -> bool:
     return head.startswith("[")
 
 
-def index_by_question(answers: list[Answer]) -> tuple[dict[QuestionId, Answer], int]:
-    """Map question id -> answer; a repeated id keeps its last line, as every official scorer's dict does.
+def answers_by_question(
+    answers_path: str | Path, known_ids: Container[QuestionId], known_from: str | Path
+) -> tuple[dict[QuestionId, Answer], int, int]:
+    """Read an answers file and map question id -> answer; a repeated id keeps its last line, as every
+    official scorer's dict does. Every id must be one of `known_ids` (the questions of `known_from`).
 
-    Returns the map and how many lines were overridden by a later duplicate.
+    Returns the map, the number of answer lines, and how many lines a later duplicate overrode.
     """
+    answer_lines = load_answers(answers_path)
     by_id: dict[QuestionId, Answer] = {}
-    for answer in answers:
+    for answer in answer_lines:
+        if answer.question_id not in known_ids:
+            raise EvalInputError(
+                f"{answer.where}: question_id {answer.question_id!r} is not in {known_from}; "
+                "is this an answers file for another benchmark or split?"
+            )
         by_id[answer.question_id] = answer
-    return by_id, len(answers) - len(by_id)
-
-
-def unknown_question_error(answer: Answer, annotations_path: str | Path) -> EvalInputError:
-    return EvalInputError(
-        f"{answer.where}: question_id {answer.question_id!r} is not in {annotations_path}; "
-        "is this an answers file for another benchmark or split?"
-    )
+    return by_id, len(answer_lines), len(answer_lines) - len(by_id)
 
 
 def coverage_metrics(
@@ -181,6 +184,7 @@ def write_json(path: str | Path, value: Any, **dump_kwargs: Any) -> None:
 
 
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Write one JSON object per line, atomically (temp file + rename), creating parent folders."""
     _atomic_write(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 

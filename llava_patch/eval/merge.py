@@ -12,11 +12,10 @@ never glues itself onto the next chunk's first line.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from llava_patch.eval.io import EvalInputError, read_jsonl
+from llava_patch.eval.io import EvalInputError, read_jsonl, write_jsonl
 
 
 def chunk_file(answers_dir: str | Path, num_chunks: int, chunk_idx: int) -> Path:
@@ -47,13 +46,7 @@ def merge_chunks(paths: list[Path], out: str | Path, question_file: str | Path |
         if missing:
             print(f"warning: {len(missing)} questions have no answer (first: {missing[:5]})", file=sys.stderr)
         rows = [by_id[qid] for qid in order if qid in by_id]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    tmp.replace(out)
+    write_jsonl(out, rows)
     return len(rows)
 
 

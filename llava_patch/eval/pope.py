@@ -33,13 +33,11 @@ from llava_patch.eval.io import (
     EvalInputError,
     QuestionId,
     ScoreResult,
+    answers_by_question,
     check_question_id,
     coverage_metrics,
-    index_by_question,
-    load_answers,
     missing_record,
     read_jsonl,
-    unknown_question_error,
 )
 
 LABEL_PREFIX, LABEL_SUFFIX = "coco_pope_", ".json"  # eval_pope.py: category = file[10:-5]
@@ -163,12 +161,8 @@ def score_pope(
     """Score a LLaVA POPE answers file per category (`--annotations` folder, `--questions` llava_pope_test.jsonl)."""
     questions = load_pope_questions(questions_path)
     labels = load_pope_labels(annotations_path)
-    answer_lines = load_answers(answers_path)
-    by_id, duplicates = index_by_question(answer_lines)
     known = {q.question_id for q in questions}
-    for answer in by_id.values():
-        if answer.question_id not in known:
-            raise unknown_question_error(answer, questions_path)
+    by_id, num_lines, duplicates = answers_by_question(answers_path, known, questions_path)
 
     per_category, per_question, missing = {}, [], []
     for category, category_labels in labels.items():
@@ -209,7 +203,7 @@ def score_pope(
         "per_category": per_category,
         **coverage_metrics(
             sum(m["num_questions"] for m in per_category.values()),
-            len(answer_lines),
+            num_lines,
             duplicates,
             missing,
             answers_path,

@@ -34,14 +34,12 @@ from llava_patch.eval.io import (
     EvalInputError,
     QuestionId,
     ScoreResult,
+    answers_by_question,
     check_question_id,
     coverage_metrics,
-    index_by_question,
-    load_answers,
     missing_record,
     read_json,
     read_jsonl,
-    unknown_question_error,
 )
 from llava_patch.eval.normalize import llava_answer_processor, strip_answer, vqa_normalize
 
@@ -105,11 +103,7 @@ def load_vqa_annotations(path: str | Path) -> dict[QuestionId, dict[str, Any]]:
 def score_vqav2(answers_path: str | Path, annotations_path: str | Path) -> ScoreResult:
     """Score a LLaVA answers file on VQAv2 val with the official VQA accuracy."""
     annotations = load_vqa_annotations(annotations_path)
-    answer_lines = load_answers(answers_path)
-    by_id, duplicates = index_by_question(answer_lines)
-    for answer in by_id.values():
-        if answer.question_id not in annotations:
-            raise unknown_question_error(answer, annotations_path)
+    by_id, num_lines, duplicates = answers_by_question(answers_path, annotations, annotations_path)
 
     scores: dict[QuestionId, float] = {}
     per_answer_type: dict[str, list[float]] = {}
@@ -130,7 +124,7 @@ def score_vqav2(answers_path: str | Path, annotations_path: str | Path) -> Score
         "accuracy": _mean_percent(list(scores.values())) if scores else None,
         "per_answer_type": {k: _mean_percent(v) for k, v in per_answer_type.items()},
         "per_question_type": {k: _mean_percent(v) for k, v in per_question_type.items()},
-        **coverage_metrics(len(annotations), len(answer_lines), duplicates, missing, answers_path),
+        **coverage_metrics(len(annotations), num_lines, duplicates, missing, answers_path),
     }
     per_question = [
         {"question_id": a.question_id, "prediction": a.text, "score": scores[a.question_id]}
@@ -165,12 +159,7 @@ def build_submission(
 ) -> tuple[list[dict[str, Any]], dict]:
     """The EvalAI upload list `[{question_id, answer}]` for every question of `questions_path`, and coverage."""
     question_ids = load_question_list(questions_path)
-    answer_lines = load_answers(answers_path)
-    by_id, duplicates = index_by_question(answer_lines)
-    known = set(question_ids)
-    for answer in by_id.values():
-        if answer.question_id not in known:
-            raise unknown_question_error(answer, questions_path)
+    by_id, num_lines, duplicates = answers_by_question(answers_path, set(question_ids), questions_path)
     upload, missing = [], []
     for qid in question_ids:
         if qid in by_id:
@@ -178,4 +167,4 @@ def build_submission(
         else:
             missing.append(qid)
             upload.append({"question_id": qid, "answer": ""})  # EvalAI needs every test2015 question
-    return upload, coverage_metrics(len(question_ids), len(answer_lines), duplicates, missing, answers_path)
+    return upload, coverage_metrics(len(question_ids), num_lines, duplicates, missing, answers_path)
