@@ -3,7 +3,7 @@
 OUTPUT_DIR/radio_llava_run.json      the resolved run settings (what `merge-lora` rebuilds the base from)
 OUTPUT_DIR/mm_projector.bin          pretrain: the projector alone, LLaVA's key names
                                      (model.mm_projector.{0,2}.{weight,bias}); also in every checkpoint-N/
-OUTPUT_DIR/non_lora_trainables.bin   lora: every trained non-LoRA weight (the projector), native key names;
+OUTPUT_DIR/non_lora_trainables.bin   lora: every trained non-LoRA weight (projector, unfrozen tower), own names;
                                      also in every checkpoint-N/, next to adapter_model.safetensors
 """
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
-from .checkpoints import NON_LORA_FILE, projector_state, save_projector
+from .checkpoints import NON_LORA_FILE, save_projector
 from .data import LazySupervisedDataset, ModalityLengthGroupedSampler
 
 
@@ -78,10 +78,14 @@ class LlavaTrainer(Trainer):
         if self.save_projector_alone:
             save_projector(state_dict, output_dir)
         if hasattr(self.model, "peft_config"):
-            # peft's adapter file has the LoRA weights and the projector (modules_to_save); LLaVA users
-            # expect the non-LoRA trainables beside it too
-            projector = projector_state(state_dict, llava_names=False)
-            torch.save(
-                {f"model.multi_modal_projector.{k}": v for k, v in projector.items()},
-                output_dir / NON_LORA_FILE,
-            )
+            # peft's adapter file has the LoRA weights and the modules_to_save (projector, an unfrozen tower);
+            # LLaVA users expect every trained non-LoRA weight beside it too, under the model's own names
+            trained = [n for n, p in self.model.named_parameters() if p.requires_grad and "lora_" not in n]
+            non_lora = {
+                n.removeprefix("base_model.model.").replace("modules_to_save.default.", ""): state_dict[n]
+                .detach()
+                .cpu()
+                for n in trained
+                if n in state_dict
+            }
+            torch.save(non_lora, output_dir / NON_LORA_FILE)
