@@ -22,8 +22,10 @@ import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration, PreTrainedModel
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-import radio_vlm  # noqa: F401  registers the RADIO configs/models with AutoConfig/AutoModel
-from radio_vlm import RadioLlavaVisionModel, RadioWithAdaptors
+from radio_vlm import (  # importing radio_vlm registers its Auto classes
+    RadioLlavaVisionModel,
+    RadioWithAdaptors,
+)
 from radio_vlm.image_processing_radio import RadioImageProcessor
 from radio_vlm.tiny import build_tiny_radio, list_tiny_models
 

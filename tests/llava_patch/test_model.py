@@ -89,3 +89,26 @@ def test_save_load_identical_logits_and_generate(tiny, images, tmp_path):
 def test_processor_rejects_tag_count_mismatch(tiny, images):
     with pytest.raises(ValueError, match="1 <image> tags but 2 images"):
         tiny[1](PROMPTS[0], images=images)
+
+
+def test_local_folders_load_like_the_tiny_twins(tmp_path, images):
+    from llava_patch.llm import load_llm
+    from radio_vlm.tiny import build_tiny_radio
+
+    build_tiny_radio("tiny-radio").save_pretrained(tmp_path / "radio")  # what `radio-vlm convert` writes
+    from_folder = load_vision_tower(str(tmp_path / "radio"), feature_sources=["adaptor:dino_v2"])
+    from_twin = load_vision_tower("tiny-radio", feature_sources=["adaptor:dino_v2"])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            from_folder(images[0][None]).last_hidden_state, from_twin(images[0][None]).last_hidden_state
+        )
+    llm, tokenizer = load_llm("tiny-llama")
+    llm.save_pretrained(tmp_path / "llm")
+    tokenizer.save_pretrained(tmp_path / "llm")
+    llm_again, tokenizer_again = load_llm(str(tmp_path / "llm"))
+    text = "USER: what color is the bus? ASSISTANT: red</s>"
+    assert (
+        tokenizer_again(text).input_ids == tokenizer(text).input_ids and tokenizer_again.pad_token == "<unk>"
+    )
+    with pytest.raises(FileNotFoundError, match="neither a local folder nor a tiny twin"):
+        load_llm(str(tmp_path / "missing"))
