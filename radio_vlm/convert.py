@@ -54,8 +54,15 @@ KNOWN_VERSIONS: dict[str, tuple[int, int, int]] = {
     "c-radio_v4-h": (16, 2048, 512),
 }
 # timm names -> attention heads, for checkpoints whose args.model_kwargs do not say (radio_official.md 1.1)
-TIMM_HEADS = {"vit_tiny": 3, "vit_small": 6, "vit_base": 12, "vit_large": 16, "vit_huge": 16, "vit_giant": 24}
-TIMM_HEADS.update({"vit_so400m": 16})
+TIMM_HEADS = {
+    "vit_tiny": 3,
+    "vit_small": 6,
+    "vit_base": 12,
+    "vit_large": 16,
+    "vit_huge": 16,
+    "vit_giant": 24,
+    "vit_so400m": 16,
+}
 
 _HF_RENAMES = [  # HF remote-code prefix -> TorchHub prefix
     ("radio_model.model.", "base_model."),
@@ -79,6 +86,17 @@ def _unpickle(path: Path) -> dict[str, Any]:
         keys = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ValueError(f"{path}: no 'state_dict' or 'state_dict_ema' in the checkpoint (found {keys})")
     return checkpoint
+
+
+def _checkpoint_args(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The training args of a `.pth.tar` (a pickled `argparse.Namespace` or a dict) as a dict."""
+    args = checkpoint.get("args")
+    return vars(args) if hasattr(args, "__dict__") else dict(args or {})
+
+
+def _checkpoint_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """EMA weights when present, as the official loader uses them (radio_official.md 1.10)."""
+    return checkpoint.get("state_dict_ema") or checkpoint["state_dict"]
 
 
 def _strip_module(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -406,15 +424,10 @@ def convert_official(
         args, state, hf_config = _load_hf_folder(source)
     elif source.is_file():
         checkpoint = _unpickle(source)
-        args = (
-            vars(checkpoint["args"])
-            if hasattr(checkpoint.get("args"), "__dict__")
-            else dict(checkpoint.get("args") or {})
-        )
+        args = _checkpoint_args(checkpoint)
         if str(args.get("model", "")).startswith("eradio"):
-            return _convert_eradio(source, checkpoint, align_corners, version, constructor)
-        # EMA weights are what the official loader uses when present (radio_official.md 1.10)
-        state = checkpoint.get("state_dict_ema") or checkpoint["state_dict"]
+            return _convert_eradio(source, checkpoint, args, align_corners, version, constructor)
+        state = _checkpoint_state(checkpoint)
     else:
         raise FileNotFoundError(f"{source}: no such checkpoint file or folder")
     state = _bake_spectral(_strip_module(state), source)
@@ -461,7 +474,12 @@ def _load(
 
 
 def _convert_eradio(
-    source: Path, checkpoint: dict, align_corners: bool, version: str | None, constructor: str | Path | None
+    source: Path,
+    checkpoint: dict,
+    args: dict,
+    align_corners: bool,
+    version: str | None,
+    constructor: str | Path | None,
 ) -> RadioWithAdaptors:
     try:
         from .convert_eradio import convert_eradio_checkpoint, find_constructor, load_constructor
@@ -472,10 +490,7 @@ def _convert_eradio(
     constructor_path = Path(constructor) if constructor else find_constructor(source)
     constructor = load_constructor(constructor_path) if constructor_path else None
     backbone_config, backbone_state = convert_eradio_checkpoint(checkpoint, constructor)
-    args = vars(checkpoint["args"]) if hasattr(checkpoint["args"], "__dict__") else dict(checkpoint["args"])
-    state = _bake_spectral(
-        _strip_module(checkpoint.get("state_dict_ema") or checkpoint["state_dict"]), source
-    )
+    state = _bake_spectral(_strip_module(_checkpoint_state(checkpoint)), source)
     args = {**args, "cls_token_per_teacher": False}  # E-RADIO has no CLS tokens: every head reads the summary
     adaptors, adaptor_weights = _adaptors(args, state, None, source)
     normalizer_config, normalizer_weights = _normalizer_weights(state)
