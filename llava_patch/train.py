@@ -90,6 +90,17 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     """Every setting of the run, stage defaults filled in (written to radio_llava_run.json)."""
     stage = STAGES[args.stage]
     settings = {k: v for k, v in vars(args).items() if k not in ("func", "command", "local_rank")}
+    for key in (
+        "vision_tower",
+        "llm",
+        "pretrained_projector",
+        "data",
+        "image_folder",
+        "deepspeed",
+        "output_dir",
+    ):
+        if settings.get(key) and Path(settings[key]).exists():  # merge-lora may run from another folder
+            settings[key] = str(Path(settings[key]).resolve())
     for key in ("template", "learning_rate", "global_batch_size", "per_device_batch_size", "projector_lr"):
         if settings.get(key) is None:
             settings[key] = getattr(stage, key)
