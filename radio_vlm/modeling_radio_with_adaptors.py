@@ -251,8 +251,6 @@ class RadioWithAdaptors(PreTrainedModel):
 
         Returns (hidden (B, S + h*w, D) or packed (1, total, D), grids [(h, w)] per image).
         """
-        if not self.is_vit:
-            raise ValueError("this operation needs a ViT backbone (model_type 'radio')")
         self._check_resolution(pixel_values, image_grid_hw)
         backbone, p = self.backbone, self.patch_size
         if image_grid_hw is None:
@@ -438,7 +436,11 @@ class RadioWithAdaptors(PreTrainedModel):
         image_grid_hw = self._packed_grids(pixel_values, image_grid_hw)
         packed = image_grid_hw is not None
         self._check_fmt(output_fmt, packed)
-        depth = len(self.backbone.encoder.layer) if self.is_vit else 0
+        if not self.is_vit:
+            raise ValueError(
+                "forward_intermediates needs a ViT backbone (model_type 'radio'); E-RADIO gives final outputs only"
+            )
+        depth = len(self.backbone.encoder.layer)
         take = self._take_indices(depth, indices)
         hidden, grids = self._embed(pixel_values, image_grid_hw)
         last = take[-1] if intermediates_only else depth - 1  # stop early when the final output is not needed
