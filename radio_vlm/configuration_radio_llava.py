@@ -37,8 +37,8 @@ class RadioLlavaVisionConfig(PretrainedConfig):
             concatenated on channels (see `FEATURE_SOURCE_KINDS` above).
         output_layernorm (`bool`, defaults to `False`): a LayerNorm on the output features (RADIOv1's
             activations have a std of tens; the authors added one, radio_official.md 6).
-        trainable (`bool`, defaults to `False`): False freezes the tower and keeps it in eval mode (no
-            training-time CPE) even when the LLaVA model trains.
+        trainable (`bool`, defaults to `False`): False freezes the tower (requires_grad False). Either way
+            the tower stays in eval mode (no training-time CPE) when the LLaVA model trains.
     """
 
     model_type = "radio_llava_vision"

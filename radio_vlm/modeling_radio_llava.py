@@ -48,7 +48,7 @@ class RadioLlavaVisionModel(PreTrainedModel):
         self.sources = [parse_feature_source(s) for s in config.feature_sources]
         self.post_init()
         self.requires_grad_(config.trainable)
-        self.train(self.training)  # applies the eval-mode rule below from construction on
+        self.train()  # eval mode from construction on (see `train`)
 
     @classmethod
     def from_radio(cls, radio: RadioWithAdaptors, **config_kwargs) -> RadioLlavaVisionModel:
@@ -66,8 +66,10 @@ class RadioLlavaVisionModel(PreTrainedModel):
             self.radio._init_weights(module)
 
     def train(self, mode: bool = True) -> RadioLlavaVisionModel:
-        # A frozen tower stays in eval mode: RADIO's train mode crops and drops position embeddings (CPE).
-        return super().train(mode and self.config.trainable)
+        # Always eval mode: RADIO's train mode is the distillation-time CPE augmentation (random crops and
+        # dropout of the position table), which LLaVA training does not use; a trainable tower still gets
+        # gradients.
+        return super().train(False)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.radio.backbone.embeddings

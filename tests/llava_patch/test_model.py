@@ -59,14 +59,16 @@ def test_feature_sources_concatenate(images):
         load_vision_tower("tiny-radio", feature_sources=["adaptor:nope"])
 
 
-def test_tower_frozen_in_eval_unless_trainable(images):
+def test_tower_frozen_unless_trainable_and_always_in_eval(images):
     frozen = load_vision_tower("tiny-radio", output_layernorm=True)
     frozen.train()
     assert not frozen.radio.training and not any(p.requires_grad for p in frozen.parameters())
     features = frozen(images[0][None]).last_hidden_state
     torch.testing.assert_close(features.mean(-1), torch.zeros(features.shape[:2]), atol=1e-5, rtol=0)
     trainable = load_vision_tower("tiny-radio", trainable=True).train()
-    assert trainable.radio.training and all(p.requires_grad for p in trainable.parameters())
+    assert not trainable.radio.training and all(p.requires_grad for p in trainable.parameters())
+    first, second = (trainable(images[0][None]).last_hidden_state for _ in range(2))
+    torch.testing.assert_close(first, second, atol=0, rtol=0)  # no random position-table crops
 
 
 def test_save_load_identical_logits_and_generate(tiny, images, tmp_path):

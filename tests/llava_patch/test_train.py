@@ -61,6 +61,9 @@ def test_pretrain_then_finetune_loss_decreases(data, tmp_path):
     )
 
     fresh, _ = build("tiny-radio", "tiny-llama", long_edge=64)
+    for name, weight in fresh.state_dict().items():  # pretraining trained the projector only
+        if "multi_modal_projector" not in name:
+            torch.testing.assert_close(pretrained.state_dict()[name], weight, atol=0, rtol=0, msg=name)
     load_projector(fresh, tmp_path / "pt")  # what --pretrained-projector does
     torch.testing.assert_close(
         fresh.model.multi_modal_projector.linear_2.bias, projector["model.mm_projector.2.bias"]
@@ -69,6 +72,24 @@ def test_pretrain_then_finetune_loss_decreases(data, tmp_path):
     extra = ["--max-steps", "30", "--learning-rate", "1e-3", "--pretrained-projector", str(tmp_path / "pt")]
     curve = losses(train(data, tmp_path / "ft", "finetune", *extra))
     assert decrease(curve) > 0.2, curve
+
+
+def test_unfrozen_tower_trains(data, tmp_path):
+    train(
+        data,
+        tmp_path / "ft",
+        "finetune",
+        "--max-steps",
+        "2",
+        "--learning-rate",
+        "1e-3",
+        "--unfreeze-vision-tower",
+    )
+    trained, _ = load_pretrained(tmp_path / "ft")
+    fresh, _ = build("tiny-radio", "tiny-llama", long_edge=64)
+    before = fresh.model.vision_tower.radio.backbone.encoder.layer[0].state_dict()
+    after = trained.model.vision_tower.radio.backbone.encoder.layer[0].state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
 def test_resume_continues_from_the_last_checkpoint(data, tmp_path):
