@@ -35,14 +35,16 @@ from bench.tower import time_calls  # noqa: E402
 from radio_vlm.configuration_eradio import ERadioConfig  # noqa: E402
 from radio_vlm.modeling_eradio import ERadioModel  # noqa: E402
 
-# E-RADIO-L = official `eradio` (radio_official.md section 5); ViT-H/16 (radio_official.md 0.1)
-ERADIO_L_WIDTHS = {"dim": 192, "in_dim": 64, "full_features_head_dim": 1536, "cpb_mlp_hidden": 512}
+# E-RADIO-L = ERadioConfig's defaults = official `eradio` (radio_official.md section 5); the widths scaled:
+ERADIO_WIDTHS = ("dim", "in_dim", "full_features_head_dim", "cpb_mlp_hidden")
+# ViT-H/16 (radio_official.md section 0)
 VIT_H = {"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16}
 
 
 def build_models(width_factor: int) -> tuple[ERadioModel, RadioModel]:
     """E-RADIO-L (deployed) and ViT-H/16 with every width divided by `width_factor`, depths and heads kept."""
-    eradio = ERadioModel(ERadioConfig(**{k: v // width_factor for k, v in ERADIO_L_WIDTHS.items()})).eval()
+    large = ERadioConfig()
+    eradio = ERadioModel(ERadioConfig(**{k: getattr(large, k) // width_factor for k in ERADIO_WIDTHS})).eval()
     eradio.switch_to_deploy()
     width = VIT_H["hidden_size"] // width_factor
     vit = RadioModel(

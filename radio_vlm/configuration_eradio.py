@@ -24,7 +24,8 @@ class ERadioConfig(PreTrainedConfig):
         attention blocks (stages 2-3) per stage.
     num_heads (`list[int]`, defaults to `[2, 4, 8, 16]`): attention heads per stage (only 2-3 are used).
     window_size (`int`, defaults to 16): the trained attention window. The continuous position bias
-        normalises relative coordinates by it, also after `set_optimal_window_size` changes the window.
+        normalises relative coordinates by it, also after `ERadioModel.set_optimal_window_size` changes the
+        window the model runs with (a runtime setting, not saved in the config).
     sr_ratios (`list[list[int]]`, defaults to `[[2, 1], [1]]`): for each transformer stage, the sub-sample
         ratio of each attention block of a multi-resolution block: 2 = "global" windows on a 2x
         downsampled map (strided conv down, transposed conv up), 1 = local windows after a 3x3 conv.
@@ -85,8 +86,8 @@ class ERadioConfig(PreTrainedConfig):
             )
         if not 0 <= self.neck_start_stage <= 3:
             raise ValueError(f"ERadioConfig.neck_start_stage={self.neck_start_stage} must be in 0..3")
-        if self.window_size < 1:
-            raise ValueError(f"ERadioConfig.window_size={self.window_size} must be >= 1")
+        if self.window_size < 2:  # the position bias divides relative coordinates by window_size - 1
+            raise ValueError(f"ERadioConfig.window_size={self.window_size} must be >= 2")
 
     @property
     def hidden_size(self) -> int:

@@ -276,6 +276,7 @@ class ConvStage(nn.Module):
         self.downsample = Downsample(dim, eps)
 
     def forward(self, x: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`window` is unused: every stage takes the same arguments."""
         x = self.blocks(x)
         return self.downsample(x), x
 
@@ -468,14 +469,18 @@ class ERadioModel(ERadioPreTrainedModel):
             elif isinstance(module, ContinuousPositionBias):
                 module.deployed = True
 
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> ERadioModelOutput:
+    def forward(self, pixel_values: torch.Tensor) -> ERadioModelOutput:
         r"""
         pixel_values (`torch.Tensor` of shape `(batch_size, 3, height, width)`): RGB in [0, 1]; height and
             width must be multiples of 32.
         """
+        if pixel_values.dim() != 4:
+            raise ValueError(
+                f"E-RADIO takes (B, 3, H, W) pixel_values, got shape {tuple(pixel_values.shape)}"
+            )
         h, w = pixel_values.shape[-2:]
         step = self.min_resolution_step
-        if pixel_values.dim() != 4 or h % step or w % step:
+        if h % step or w % step:
             nh, nw = self.get_nearest_supported_resolution(h, w)
             raise ValueError(
                 f"E-RADIO requires input dimensions to be divisible by {step} but got H x W: {h} x {w} "
