@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-edge", type=int, default=432)
     parser.add_argument("--patch-size", type=int, default=16)
     parser.add_argument("--llm", default="tiny-llama", help="tiny-llama or a local LLaMA/Vicuna folder")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
