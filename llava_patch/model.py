@@ -123,11 +123,14 @@ def build(
     output_layernorm: bool = False,
     trainable_vision_tower: bool = False,
     long_edge: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[LlavaForConditionalGeneration, RadioLlavaProcessor]:
     """A new RADIO-LLaVA model and its processor: images resized on the long edge to `long_edge` px
-    (default 432, the paper's setting, or the tower's max resolution if smaller)."""
+    (default 432, the paper's setting, or the tower's max resolution if smaller); weights in `dtype`
+    (default: as stored)."""
     tower = load_vision_tower(vision_tower, feature_sources, output_layernorm, trainable_vision_tower)
-    llm_model, tokenizer = load_llm(llm)
+    llm_model, tokenizer = load_llm(llm, dtype)
+    tower = tower.to(dtype) if dtype is not None else tower
     model = build_model(tower, llm_model, projector, tokenizer=tokenizer)
     radio_config = tower.config.radio_config
     if long_edge is None:

@@ -133,6 +133,9 @@ def build_for_stage(settings: dict):
         output_layernorm=settings["output_layernorm"],
         trainable_vision_tower=settings["unfreeze_vision_tower"],
         long_edge=settings["long_edge"],
+        # as LLaVA: bf16 weights under DeepSpeed (its engine keeps fp32 master weights); the Trainer's own
+        # bf16 is autocast over fp32 weights
+        dtype=torch.bfloat16 if settings["precision"] == "bf16" and settings["deepspeed"] else None,
     )
     # Before the engine partitions anything (ZeRO-3 + a projector load = LLaVA #736).
     if settings["pretrained_projector"]:
