@@ -193,18 +193,28 @@ def _write_llava_data(root: Path) -> Path:
     return root
 
 
-def run_llava_train(root: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
-    """LLaVA's own train() as its scripts launch it, via `python -m llava_patch.run llava.train.train`."""
-    command = [
+def llava_train_argv(root: Path, out: Path, *flags: str) -> list[str]:
+    """`python -m llava_patch.run` arguments running LLaVA's own train() as its scripts launch it."""
+    return [
         # --local_rank first, where `deepspeed --module llava_patch.run` puts it
-        sys.executable, "-m", "llava_patch.run", "--local_rank=-1", "llava.train.train",
+        "--local_rank=-1", "llava.train.train",
         "--image_folder", str(root / "images"), "--vision_tower", TOWER, "--mm_projector_type", "mlp2x_gelu",
         "--mm_vision_select_layer", "-1", "--mm_use_im_start_end", "False", "--mm_use_im_patch_token", "False",
         "--output_dir", str(out), "--per_device_train_batch_size", "2", "--learning_rate", "1e-3",
         "--evaluation_strategy", "no", "--save_strategy", "no", "--logging_steps", "1", "--report_to", "none",
         "--model_max_length", "256", "--dataloader_num_workers", "0", "--use_cpu", "True", *flags,
     ]  # fmt: skip
+
+
+# Both stages in one interpreter, one after the other: each is llava_patch.run's main() exactly as
+# `python -m llava_patch.run` calls it, and the second stage reads only the files the first one wrote.
+# One process instead of two saves a full torch/transformers/LLaVA import (~10 s of CPU).
+RUN_STAGES = "import json, sys; from llava_patch.run import main; [main(a) for a in json.loads(sys.argv[1])]"
+
+
+def run_llava_stages(root: Path, *stages: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", RUN_STAGES, json.dumps(stages)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=root, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "tokenization mismatch" not in result.stdout  # LLaVA's label masking held on every sample
@@ -217,26 +227,37 @@ def llava_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pretrained_projector(llava_data, tiny_llm_dir) -> Path:
-    """Stage 1 as scripts/v1_5/pretrain.sh: `plain` template, projector only, LLaVA writes mm_projector.bin."""
-    out = llava_data / "llava-radio-pretrain"
-    run_llava_train(
-        llava_data, out, "--model_name_or_path", str(tiny_llm_dir), "--version", "plain",
-        "--data_path", str(llava_data / "pretrain.json"), "--tune_mm_mlp_adapter", "True", "--max_steps", "2",
+def llava_runs(llava_data, tiny_llm_dir) -> tuple[Path, Path]:
+    """Stage 1 as scripts/v1_5/pretrain.sh (`plain` template, projector only, LLaVA writes mm_projector.bin),
+    then stage 2 as scripts/v1_5/finetune.sh (vicuna_v1, LLM + projector, from stage 1's projector).
+
+    Returns (stage 1's mm_projector.bin, stage 2's output folder)."""
+    pretrain_out = llava_data / "llava-radio-pretrain"
+    projector = pretrain_out / "mm_projector.bin"
+    finetune_out = llava_data / "llava-radio-tiny"  # LLaVA's loader needs "llava" in the model name
+    run_llava_stages(
+        llava_data,
+        llava_train_argv(
+            llava_data, pretrain_out, "--model_name_or_path", str(tiny_llm_dir), "--version", "plain",
+            "--data_path", str(llava_data / "pretrain.json"), "--tune_mm_mlp_adapter", "True", "--max_steps", "2",
+        ),
+        llava_train_argv(
+            llava_data, finetune_out, "--model_name_or_path", str(tiny_llm_dir), "--version", "v1",
+            "--data_path", str(llava_data / "train.json"), "--pretrain_mm_mlp_adapter", str(projector),
+            "--group_by_modality_length", "True", "--max_steps", "3",
+        ),
     )  # fmt: skip
-    return out / "mm_projector.bin"
+    return projector, finetune_out
 
 
 @pytest.fixture(scope="module")
-def trained_llava(llava_data, tiny_llm_dir, pretrained_projector) -> Path:
-    """Stage 2 as scripts/v1_5/finetune.sh: vicuna_v1, LLM + projector, starting from stage 1's projector."""
-    out = llava_data / "llava-radio-tiny"  # LLaVA's loader needs "llava" in the model name
-    run_llava_train(
-        llava_data, out, "--model_name_or_path", str(tiny_llm_dir), "--version", "v1",
-        "--data_path", str(llava_data / "train.json"), "--pretrain_mm_mlp_adapter", str(pretrained_projector),
-        "--group_by_modality_length", "True", "--max_steps", "3",
-    )  # fmt: skip
-    return out
+def pretrained_projector(llava_runs) -> Path:
+    return llava_runs[0]
+
+
+@pytest.fixture(scope="module")
+def trained_llava(llava_runs) -> Path:
+    return llava_runs[1]
 
 
 def test_llava_pretrain_stage_projector_converts(pretrained_projector, tmp_path):
