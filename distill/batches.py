@@ -23,6 +23,7 @@ from distill.data import (
     ImageFolderSource,
     SkimageSource,
     SyntheticSource,
+    WebDatasetStream,
     collate_distill,
 )
 from distill.partition import RankPlan
@@ -81,6 +82,13 @@ def build_sources(data: DataConfig, seed: int):
         train, held_out = _held_out_split(
             _Cached(SkimageSource()), data.eval_images, "scikit-image's photo set"
         )
+    elif data.source == "webdataset":
+        if data.path is None or data.eval_path is None:
+            raise ValueError(
+                "data.path (tar shards, e.g. /data/shard-{000000..000999}.tar) and data.eval_path (a folder of "
+                "held-out images) are both needed when data.source is 'webdataset'"
+            )
+        train = data.path  # shard pattern; streamed by ShardBatches
     elif data.source == "folder":
         if data.path is None:
             raise ValueError("data.path: the image folder to train on (data.source is 'folder')")
@@ -90,7 +98,9 @@ def build_sources(data: DataConfig, seed: int):
         else:
             train = source
     else:
-        raise ValueError(f"data.source: unknown {data.source!r}; choose synthetic, skimage or folder")
+        raise ValueError(
+            f"data.source: unknown {data.source!r}; choose synthetic, skimage, folder or webdataset"
+        )
     if data.eval_path is not None:
         held_out = ImageFolderSource(data.eval_path)
     return train, held_out
@@ -142,6 +152,54 @@ class GroupBatches:
 
     def next_batch(self, group: int) -> DistillBatch:
         return next(self._iterators[group])
+
+    def state(self) -> dict:
+        """Nothing to save: the position is a function of the step."""
+        return {}
+
+
+class ShardBatches:
+    """WebDataset tar shards (DataComp style) streamed per group this rank runs (`group_sampling: fixed`).
+
+    Shards are dealt to the ranks of a group (`distill.data.WebDatasetStream`); a group's position on this
+    rank, (epoch, batches read in the epoch), is returned by `state()` for the checkpoint and given back on
+    resume, so the stream continues where it stopped.
+    """
+
+    def __init__(self, urls: str, groups: list[GroupConfig], specs: dict[str, TeacherSpec], plan: RankPlan,
+                 data: DataConfig, seed: int, position: dict | None = None) -> None:  # fmt: skip
+        if plan.sampling != "fixed":
+            raise ValueError("data.source 'webdataset' needs distributed.group_sampling: fixed")
+        self.num_workers, self.streams, self.position, self._iterators = data.num_workers, {}, {}, {}
+        for assignment in plan.assignments(0):
+            group = groups[assignment.group]
+            view = DistillView(
+                group.resolution, [specs[t] for t in group.teachers], data.min_scale, data.max_scale
+            )
+            self.streams[assignment.group] = WebDatasetStream(
+                urls, view, group.batch_size, seed, rank=assignment.slot, world_size=assignment.num_slots
+            )
+            self.position[assignment.group] = list((position or {}).get(str(assignment.group), (0, 0)))
+            self._restart(assignment.group)
+
+    def _restart(self, group: int) -> None:
+        stream, (epoch, done) = self.streams[group], self.position[group]
+        stream.set_epoch(epoch)
+        stream.set_start(done)
+        self._iterators[group] = iter(DataLoader(stream, batch_size=None, num_workers=self.num_workers))
+
+    def next_batch(self, group: int) -> DistillBatch:
+        try:
+            batch = next(self._iterators[group])
+        except StopIteration:  # end of the epoch's shards: next epoch, reshuffled
+            self.position[group] = [self.position[group][0] + 1, 0]
+            self._restart(group)
+            batch = next(self._iterators[group])
+        self.position[group][1] += 1
+        return batch
+
+    def state(self) -> dict:
+        return {str(group): list(position) for group, position in self.position.items()}
 
 
 def held_out_batches(

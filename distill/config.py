@@ -64,8 +64,8 @@ class GroupConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "synthetic"  # "synthetic", "skimage" or "folder" (recursive image folder)
-    path: str | None = None  # image folder when source is "folder"
+    source: str = "synthetic"  # "synthetic", "skimage", "folder" (recursive) or "webdataset" (tar shards)
+    path: str | None = None  # image folder, or tar shard pattern (e.g. /d/shard-{000000..000099}.tar)
     eval_path: str | None = None  # image folder of held-out images; default: held out from the source
     num_images: int = 256  # synthetic/skimage: size of the training pool
     min_scale: float = 0.35  # random scale+crop: smallest crop area fraction

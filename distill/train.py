@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from distill.batches import GroupBatches, build_sources
+from distill.batches import GroupBatches, ShardBatches, build_sources
 from distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from distill.config import DistillConfig, load_config, save_config
 from distill.engine import Engine, init_distributed
@@ -92,9 +92,13 @@ class MetricsLog:
         self.start = time.perf_counter()
         self.steps = 0
 
-    def add_step(self, outputs: list[tuple[float, LossOutput]], world: int, images: int, times: dict) -> None:
+    def add_step(
+        self, outputs: list[tuple[float, LossOutput]], world: int, micro_steps: int, images: int, times: dict
+    ) -> None:
+        """outputs: (loss scale, LossOutput) of every group run in this step's `micro_steps` micro-batches."""
         self.steps += 1
-        self.sums["loss"] += sum(scale * out.total.item() for scale, out in outputs) / world
+        # the step's loss: the weighted global objective, averaged over micro-batches
+        self.sums["loss"] += sum(scale * out.total.item() for scale, out in outputs) / (world * micro_steps)
         self.sums["images"] += images
         for key, value in times.items():
             self.sums[f"time/{key}"] += value
@@ -136,6 +140,15 @@ class MetricsLog:
                 )
         self.reset()
         return record
+
+
+def _gather_data_positions(state: dict) -> dict:
+    """{rank: that rank's data position} (empty for map-style data, whose position is the step)."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return {"0": state} if state else {}
+    states = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, state)
+    return {str(r): s for r, s in enumerate(states) if s}
 
 
 def _truncate_metrics(path: Path, after_step: int) -> None:
@@ -205,7 +218,8 @@ def train(config: DistillConfig, output_dir: str | Path, resume: bool = False) -
     start_step = 0
     checkpoint = latest_checkpoint(output_dir) if resume else None
     if checkpoint is not None:
-        start_step = load_checkpoint(checkpoint, engine)["step"]
+        trainer_state = load_checkpoint(checkpoint, engine)
+        start_step = trainer_state["step"]
         logger.info(f"resumed from {checkpoint} at step {start_step}")
     if is_main:
         if checkpoint is None:
@@ -216,13 +230,22 @@ def train(config: DistillConfig, output_dir: str | Path, resume: bool = False) -
     train_source, held_out = build_sources(config.data, config.train.seed)
     gas, max_steps = config.distributed.grad_accum, config.train.max_steps
     if isinstance(balancer, PhiSBalancer) and checkpoint is None:
-        probe = GroupBatches(train_source, config.groups, specs, plan, config.data, config.train.seed, 0,
-                             config.loss.phi_s_batches, 1)  # fmt: skip
+        if config.data.source == "webdataset":
+            probe = ShardBatches(train_source, config.groups, specs, plan, config.data, config.train.seed)
+        else:
+            probe = GroupBatches(train_source, config.groups, specs, plan, config.data, config.train.seed, 0,
+                                 config.loss.phi_s_batches, 1)  # fmt: skip
         _fit_phi_s(balancer, plan, probe, teachers, config, device)
         if is_main:
             balancer.save_statistics(str(output_dir / PHI_S_FILE))
-    batches = GroupBatches(train_source, config.groups, specs, plan, config.data, config.train.seed,
-                           start_step, max_steps, gas)  # fmt: skip
+    if config.data.source == "webdataset":
+        position = trainer_state.get("data", {}).get(str(rank)) if checkpoint is not None else None
+        batches = ShardBatches(
+            train_source, config.groups, specs, plan, config.data, config.train.seed, position
+        )
+    else:
+        batches = GroupBatches(train_source, config.groups, specs, plan, config.data, config.train.seed,
+                               start_step, max_steps, gas)  # fmt: skip
 
     # ---- loop
     terms = sorted(loss_terms(weights))
@@ -260,13 +283,15 @@ def train(config: DistillConfig, output_dir: str | Path, resume: bool = False) -
             times["optimizer"] += time.perf_counter() - t4
             outputs += micro
         times["step"] = time.perf_counter() - step_start
-        log.add_step(outputs, world, images, times)
+        log.add_step(outputs, world, gas, images, times)
         done = step + 1
         if done % config.train.log_every == 0 or done == max_steps:
             log.write(done, engine.lr, world, bar)
         if (config.train.save_every and done % config.train.save_every == 0) or done == max_steps:
-            save_checkpoint(output_dir, done, engine, student.state_dict(), {"step": done}, is_main,
-                            config.train.keep_checkpoints)  # fmt: skip
+            state = {"step": done, "data": _gather_data_positions(batches.state())}
+            save_checkpoint(
+                output_dir, done, engine, student.state_dict(), state, is_main, config.train.keep_checkpoints
+            )
         if os.environ.get(KILL_AT_STEP_ENV) == str(done):
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
