@@ -48,25 +48,31 @@ class BadSample(ValueError):
 
 
 class BadSampleLog:
-    """Counts skipped samples by reason (with example ids) and aborts past `max_fraction` of `total`."""
+    """Counts skipped samples by reason (with example ids) and aborts past `max_fraction` of `total`.
+
+    With several ranks each logs the samples it skipped; `other_ranks` holds how many the others skipped
+    at load time (summed every step by `LlavaTrainer`), so every rank aborts on the same global count.
+    """
 
     def __init__(self, total: int, max_fraction: float = 0.01, examples_per_reason: int = 5):
         self.total = total
         self.max_fraction = max_fraction
         self.counts: Counter[str] = Counter()
         self.examples: dict[str, list[str]] = defaultdict(list)
+        self.other_ranks = 0
         self._examples_per_reason = examples_per_reason
 
-    def add(self, sample_id: str, reason: str, detail: str = "") -> None:
+    def add(self, sample_id: str, reason: str, detail: str = "", check: bool = True) -> None:
         self.counts[reason] += 1
         if len(self.examples[reason]) < self._examples_per_reason:
             self.examples[reason].append(str(sample_id))
         logger.warning("skipping sample %s: %s%s", sample_id, reason, f" ({detail})" if detail else "")
-        self.check()
+        if check:
+            self.check()
 
     @property
     def num_bad(self) -> int:
-        return sum(self.counts.values())
+        return sum(self.counts.values()) + self.other_ranks
 
     def summary(self) -> str:
         lines = [f"{self.num_bad} of {self.total} samples are bad:"]
@@ -74,6 +80,8 @@ class BadSampleLog:
             f"  {n} x {reason} (e.g. ids {', '.join(self.examples[reason])})"
             for reason, n in self.counts.items()
         ]
+        if self.other_ranks:
+            lines.append(f"  {self.other_ranks} skipped on other ranks (see their logs)")
         return "\n".join(lines)
 
     def check(self) -> None:

@@ -49,8 +49,14 @@ class LlavaTrainer(Trainer):
     def compute_loss(self, model, inputs, *args, **kwargs):
         skipped = inputs.pop("skipped", [])
         if isinstance(self.train_dataset, LazySupervisedDataset):
+            log = self.train_dataset.bad_samples
             for sample_id, reason in skipped:
-                self.train_dataset.bad_samples.add(sample_id, reason)
+                log.add(sample_id, reason, check=False)
+            if self.args.world_size > 1:  # every rank must abort at the same step, on the global count
+                count = torch.tensor([len(skipped)], device=self.args.device)
+                torch.distributed.all_reduce(count)
+                log.other_ranks += int(count.item()) - len(skipped)
+            log.check()
         return super().compute_loss(model, inputs, *args, **kwargs)
 
     def create_optimizer(self, model=None):

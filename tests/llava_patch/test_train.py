@@ -221,3 +221,18 @@ def test_deepspeed_configs_leave_the_schedule_to_the_trainer():
         config = json.loads((REPO / "scripts" / f"{name}.json").read_text())
         assert config["zero_optimization"]["stage"] == stage
         assert "scheduler" not in config  # LLaVA's zero3_offload WarmupLR would replace the cosine schedule
+
+
+def test_training_aborts_past_max_bad_fraction(data, tmp_path):
+    from llava_patch.data import TooManyBadSamples
+
+    records = json.loads((data / "finetune.json").read_text())
+    for record in records[::2]:  # every other image is missing: found only when the sample loads
+        if "image" in record:
+            record["image"] = "missing/" + record["image"]
+    broken = tmp_path / "data"
+    broken.mkdir()
+    (broken / "finetune.json").write_text(json.dumps(records))
+    (broken / "images").symlink_to(data / "images")
+    with pytest.raises(TooManyBadSamples, match=r"missing image \(e\.g\. ids"):
+        train(broken, tmp_path / "ft", "finetune", "--max-steps", "8", "--max-bad-fraction", "0.1")
