@@ -74,7 +74,8 @@ def build_model(
 ) -> LlavaForConditionalGeneration:
     """`LlavaForConditionalGeneration` from a RADIO tower and a causal LM, with a new randomly initialised
     projector (PyTorch's default Linear init, as LLaVA). `<image>` is added to `tokenizer` (needed when
-    `llm` is a model; loaded with it when `llm` is a name) and the embeddings resized (new rows = mean)."""
+    `llm` is a model; loaded with it when `llm` is a name) and the embeddings resized (new rows = mean).
+    To get the matching processor (tokenizer with `<image>` + image processor) too, use `build`."""
     if projector not in PROJECTORS:
         raise ValueError(f"projector {projector!r} is not supported: choose one of {PROJECTORS}")
     tower = load_vision_tower(vision_tower)
