@@ -116,8 +116,10 @@ class RadioImageProcessor(BaseImageProcessor):
         patch_size = int(config.patch_size)
         settings = {
             "patch_size": patch_size,
-            # official min_resolution_step = patch_size * (ViTDet window or 1) (radio_official.md 1.5)
-            "min_resolution_step": patch_size * int(config.vitdet_window_size or 1),
+            # official min_resolution_step = patch_size * (ViTDet window or 1) (radio_official.md 1.5);
+            # a backbone with its own step (E-RADIO: 32) uses that instead of the patch size
+            "min_resolution_step": int(getattr(config.backbone_config, "min_resolution_step", patch_size))
+            * int(config.vitdet_window_size or 1),
             "max_resolution": int(config.max_resolution),
             "pad_value": tuple(
                 float(v) for v in getattr(config.backbone_config, "norm_mean", OPENAI_CLIP_MEAN)

@@ -194,8 +194,10 @@ def test_cli_convert_with_constructor_option(tmp_path, fixture_files):
     model = AutoModel.from_pretrained(out).eval()
     assert model.config.backbone_config.model_type == "eradio"
     processor = AutoImageProcessor.from_pretrained(out)
-    pixels = processor(torch.rand(3, 100, 150), return_tensors="pt")["pixel_values"]
-    assert pixels.shape[-2] % 32 == 0 and pixels.shape[-1] % 32 == 0
+    assert processor.min_resolution_step == 32
+    # 100x130 resized to a 512 px long edge is 394x512: padded to 416x512 (step 32), not 400x512 (step 16)
+    pixels = processor(torch.rand(3, 100, 130), return_tensors="pt")["pixel_values"]
+    assert tuple(pixels.shape[-2:]) == (416, 512)
     with torch.no_grad():
         for name, x in _supported(inputs).items():
             got = model(x, feature_fmt="NCHW").features
