@@ -267,6 +267,8 @@ _SAM_FIXED = {
 def _load_sam(spec: TeacherSpec) -> nn.Module:
     from segment_anything.modeling import ImageEncoderViT
 
+    from radio_vlm.convert import read_state_dict
+
     path = (
         None
         if spec.random_init
@@ -274,7 +276,7 @@ def _load_sam(spec: TeacherSpec) -> nn.Module:
     )
     encoder = ImageEncoderViT(**_SAM_FIXED, **spec.config)
     if path is not None:
-        state = _read_state_dict(path)
+        state = read_state_dict(path)
         # Full SAM checkpoints prefix the encoder with "image_encoder."; encoder-only ones do not.
         if any(k.startswith("image_encoder.") for k in state):
             state = {
@@ -284,15 +286,6 @@ def _load_sam(spec: TeacherSpec) -> nn.Module:
             }
         encoder.load_state_dict(state)
     return _SamEncoder(encoder)
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors only: safetensors, or torch.load(weights_only=True) (never arbitrary unpickling)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 _LOADER_FNS: dict[str, Callable[[TeacherSpec], nn.Module]] = {

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import save_torch_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import (
     AutoTokenizer,
     CLIPImageProcessor,
@@ -56,6 +56,7 @@ from transformers import (
 
 import radio_vlm  # noqa: F401  registers RadioLlavaVisionConfig for LlavaForConditionalGeneration.from_pretrained
 from radio_vlm import RadioLlavaVisionConfig
+from radio_vlm.convert import read_state_dict
 from radio_vlm.image_processing_radio import RadioImageProcessor
 from radio_vlm.vision_tower import RADIO_PREFIX, RadioVisionTower, parse_radio_tower_name
 
@@ -87,29 +88,6 @@ def rename(key: str, to_hf: bool) -> str:
             return new + key[len(old) :]
     raise ValueError(
         f"weight {key!r} has no counterpart in the {'transformers' if to_hf else 'LLaVA'} layout"
-    )
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file or a checkpoint folder (`model.safetensors` / `pytorch_model.bin`, either
-    possibly sharded with an index json); .bin files are read with torch.load(weights_only=True)."""
-
-    def load(file: Path) -> dict[str, torch.Tensor]:
-        if file.suffix == ".safetensors":
-            return load_file(file)
-        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-
-    if path.is_file():
-        return load(path)
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (path / name).is_file():
-            return load(path / name)
-        index = path / f"{name}.index.json"
-        if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            return {key: value for shard in shards for key, value in load(path / shard).items()}
-    raise FileNotFoundError(
-        f"{path}: no model.safetensors or pytorch_model.bin (or their *.index.json) in it"
     )
 
 

@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -143,19 +144,37 @@ def _bake_spectral(state: dict[str, torch.Tensor], source: Path) -> dict[str, to
     return state
 
 
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file or a checkpoint folder (`model.safetensors` / `pytorch_model.bin`, either
+    possibly sharded with an index json). Never arbitrary unpickling: `.safetensors`, or any other file
+    with torch.load(weights_only=True) (memory-mapped when it is a zip-format file)."""
+    path = Path(path)
+
+    def load(file: Path) -> dict[str, torch.Tensor]:
+        if file.suffix == ".safetensors":
+            return load_file(file)
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
+
+    if path.is_file():
+        return load(path)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            return load(path / name)
+        index = path / f"{name}.index.json"
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return {key: value for shard in shards for key, value in load(path / shard).items()}
+    raise FileNotFoundError(
+        f"{path}: no model.safetensors or pytorch_model.bin (or their *.index.json) in it"
+    )
+
+
 def _load_hf_folder(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """(args, TorchHub-named state, HF config) from an official remote-code folder."""
     config = json.loads((folder / "config.json").read_text())
     if "args" not in config:
         raise ValueError(f"{folder / 'config.json'}: no 'args'; not an official RADIO remote-code config")
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        raw = {k: v for shard in shards for k, v in load_file(folder / shard).items()}
-    elif (folder / "model.safetensors").is_file():
-        raw = load_file(folder / "model.safetensors")
-    else:
-        raise FileNotFoundError(f"{folder}: no model.safetensors (or its index)")
+    raw = read_state_dict(folder)
     state = {}
     for key, value in raw.items():
         match = re.match(r"radio_model\.adaptors\.([^.]+)\.(head_mlp|feat_mlp)\.(.*)", key)
