@@ -23,10 +23,11 @@ import sys
 
 import torch
 
+from llava_patch.conversation import IGNORE_INDEX
+from llava_patch.conversation import LLAVA_IMAGE_TOKEN_INDEX as IMAGE_TOKEN_INDEX
+
+# radio_vlm.vision_tower.RADIO_PREFIX, repeated so that install() does not import the RADIO model code
 RADIO_PREFIX = "radio:"
-# llava/constants.py
-IGNORE_INDEX = -100
-IMAGE_TOKEN_INDEX = -200
 
 _ORIGINALS: dict[str, object] = {}
 
