@@ -17,7 +17,7 @@ from llava_patch.eval.generate import (
     load_questions,
     model_name,
 )
-from llava_patch.eval.io import EvalInputError
+from llava_patch.eval.io import EvalInputError, write_jsonl
 from llava_patch.model import build, load_pretrained
 
 SUFFIX = "\nAnswer the question using a single word or phrase."
@@ -36,7 +36,7 @@ def bench(tmp_path_factory) -> dict[str, Path]:
     for i, (w, h) in enumerate(SIZES):
         Image.new("RGB", (w, h), (40 * i, 200 - 30 * i, 90)).save(root / "images" / f"{i}.png")
         rows.append({"question_id": f"q{i}", "image": f"{i}.png", "text": f"What is shown {i}?" + SUFFIX})
-    (root / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(root / "questions.jsonl", rows)
     return {
         "root": root,
         "model": root / "model",

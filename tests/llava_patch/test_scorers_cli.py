@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from llava_patch.cli import main
+from llava_patch.eval.io import write_jsonl
 
 
 def _write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(path, rows)
     return path
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llava_patch.eval.io import EvalInputError
+from llava_patch.eval.io import EvalInputError, write_jsonl
 from llava_patch.eval.pope import parse_yes_no, pope_metrics, score_pope
 
 # eval_metrics.md (d): first sentence only, commas deleted, split on ' ' only, then 'No' / 'not' / 'no' words
@@ -61,15 +61,15 @@ def write_pope(tmp_path: Path, label_ids_offset: int = 0) -> tuple[Path, Path]:
             rows.append(
                 {"question_id": i + 1 + label_ids_offset * c * 100, "image": f"{i}.jpg", "label": label}
             )
-        (folder / f"coco_pope_{category}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(folder / f"coco_pope_{category}.json", rows)
     qfile = tmp_path / "llava_pope_test.jsonl"
-    qfile.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    write_jsonl(qfile, questions)
     return folder, qfile
 
 
 def answers_file(tmp_path: Path, answers: list[tuple[int, str]]) -> Path:
     path = tmp_path / "answers.jsonl"
-    path.write_text("".join(json.dumps({"question_id": q, "text": t}) + "\n" for q, t in answers))
+    write_jsonl(path, [{"question_id": q, "text": t} for q, t in answers])
     return path
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from llava_patch.eval.gqa import convert_prediction, score_gqa
-from llava_patch.eval.io import EvalInputError
+from llava_patch.eval.io import EvalInputError, write_jsonl
 from llava_patch.eval.textvqa import question_from_prompt, score_textvqa, textvqa_accuracy
 
 SUFFIX = "\nAnswer the question using a single word or phrase."
@@ -54,7 +54,7 @@ def test_textvqa_accuracy_always_processes_both_sides() -> None:
 def write_textvqa(tmp_path: Path, entries: list[dict], answers: list[dict]) -> tuple[Path, Path]:
     ann, ans = tmp_path / "TextVQA_0.5.1_val.json", tmp_path / "answers.jsonl"
     ann.write_text(json.dumps({"data": entries}))
-    ans.write_text("".join(json.dumps(a) + "\n" for a in answers))
+    write_jsonl(ans, answers)
     return ann, ans
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llava_patch.eval.io import EvalInputError
+from llava_patch.eval.io import EvalInputError, write_jsonl
 from llava_patch.eval.vqa import build_submission, py2_round, score_vqav2, vqa_accuracy
 
 THIRD = 1.0 / 3
@@ -105,7 +105,7 @@ def write_vqa(
     }
     ann_path, ans_path = tmp_path / "annotations.json", tmp_path / "answers.jsonl"
     ann_path.write_text(json.dumps(annotations))
-    ans_path.write_text("".join(json.dumps(a) + "\n" for a in answers))
+    write_jsonl(ans_path, answers)
     return ann_path, ans_path
 
 
