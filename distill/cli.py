@@ -16,7 +16,22 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _drop_local_rank(argv: list[str]) -> list[str]:
+    """The `deepspeed` launcher inserts `--local_rank=N` before the subcommand; LOCAL_RANK (also set by it)
+    is what the engine reads, so the flag is dropped wherever it appears."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--local_rank", "--local-rank"):
+            skip = True
+        elif not arg.startswith(("--local_rank=", "--local-rank=")):
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = _drop_local_rank(sys.argv[1:] if argv is None else list(argv))
     return run_subcommands("radio-distill", "Multi-teacher distillation of RADIO.", SUBCOMMANDS, argv)
 
 
