@@ -20,7 +20,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("radio_vlm.demo_data", "write the synthetic benchmark (LLaVA + official eval formats)"),
     "features": ("radio_vlm.features", "summary and dense features of images, saved as safetensors"),
     "visualize": ("radio_vlm.visualize", "PCA picture of an image's dense features (AM-RADIO Figure 1)"),
-    "demo": ("radio_vlm.demo", "run a tiny RADIO on scikit-image's photos and write the PCA picture"),
+    "demo": (
+        "radio_vlm.demo",
+        "the whole pipeline on a CPU: demo data, distil, LLaVA pretrain + fine-tune, 4 benchmarks vs blind",
+    ),
 }
 
 

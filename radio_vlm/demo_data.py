@@ -118,18 +118,27 @@ def caption(scene: Scene) -> str:
     return f"The word '{scene.word}' above " + ", ".join(parts) + "."
 
 
+# Question templates shared by the fine-tuning conversations and the test sets, so that a test question is
+# phrased as training questions are (a tiny LLM does not generalise across phrasings).
+TEXT_QUESTIONS = ("what word is written in the image?", "what does the text say?")
+OCR_LINE = "\nReference OCR token: demo, v1"  # LLaVA-1.5's TextVQA prompt line (the demo's fixed OCR tokens)
+PRESENCE_QUESTIONS = ("Is there a {}?", "Is there a {} in the image?")  # GQA/VQAv2 form, POPE form
+
+
 def qa_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
-    """Short-answer questions about one scene, as used for fine-tuning (one of each kind, shuffled)."""
-    slot, shape, color = rng.choice(scene.objects)
+    """Short-answer questions about one scene, as used for fine-tuning (shuffled): the color of every
+    shape, the shape in one slot, the count, the word, and one present and one absent shape."""
+    slot, shape, _ = rng.choice(scene.objects)
+    present = rng.choice(sorted(scene.shapes()))
     absent = rng.choice([s for s in SHAPES if s not in scene.shapes()])
-    pairs = [
-        (f"What color is the {shape}?", color),
+    word_question = rng.choice(TEXT_QUESTIONS) + rng.choice(["", OCR_LINE])
+    pairs = [(f"What color is the {s}?", c) for _, s, c in scene.objects]
+    pairs += [
         (f"What shape is on the {slot}?", shape),
         ("How many shapes are there?", NUMBER_WORDS[len(scene.objects)]),
-        ("What word is written in the image?", scene.word),
-        rng.choice(
-            [(f"Is there a {shape} in the image?", "yes"), (f"Is there a {absent} in the image?", "no")]
-        ),
+        (word_question, scene.word),
+        (rng.choice(PRESENCE_QUESTIONS).format(present), "yes"),
+        (rng.choice(PRESENCE_QUESTIONS).format(absent), "no"),
     ]
     rng.shuffle(pairs)
     return pairs
@@ -220,7 +229,7 @@ def write_gqa(out: Path, rng: random.Random, num_questions: int, exclude: set[Sc
             question, answer, structural, semantic = f"What color is the {shape}?", color, "query", "attr"
         else:  # binary question: structural type "verify"
             asked = rng.choice([shape, rng.choice([s for s in SHAPES if s not in scene.shapes()])])
-            question, structural, semantic = f"Is there a {asked}?", "verify", "obj"
+            question, structural, semantic = PRESENCE_QUESTIONS[0].format(asked), "verify", "obj"
             answer = "yes" if asked in scene.shapes() else "no"
         qid = f"{20000000 + i}"
         annotations[qid] = {
@@ -248,7 +257,7 @@ def write_textvqa(out: Path, rng: random.Random, num_questions: int, exclude: se
     for i in range(num_questions):
         image_id = f"{0xABC000 + i:x}"
         scene = writer.new(f"{image_id}.jpg")
-        question = rng.choice(["what word is written in the image?", "what does the text say?"])
+        question = rng.choice(TEXT_QUESTIONS)
         data.append(
             {
                 "question": question,
@@ -266,7 +275,7 @@ def write_textvqa(out: Path, rng: random.Random, num_questions: int, exclude: se
         )
         # The demo's OCR system finds only the corner watermark: the prompt format is LLaVA-1.5's, but the
         # answer has to come from the pixels.
-        text = f"{question}\nReference OCR token: demo, v1{SUFFIX}"
+        text = f"{question}{OCR_LINE}{SUFFIX}"
         questions.append({"question_id": image_id, "image": f"{image_id}.jpg", "text": text})
     _dump(
         out / "TextVQA_0.5.1_val.json",
@@ -304,7 +313,7 @@ def write_pope(out: Path, rng: random.Random, num_questions: int, exclude: set[S
                 negative = max(absent, key=lambda s: (sum(cooccur[s, p] for p in scene.shapes()), s))
             for obj, label in ((rng.choice(sorted(scene.shapes())), "yes"), (negative, "no")):
                 qid += 1
-                question = f"Is there a {obj} in the image?"
+                question = PRESENCE_QUESTIONS[1].format(obj)
                 labels.append({"question_id": qid, "image": name, "text": question, "label": label})
                 llava_rows.append(
                     {"question_id": qid, "image": name, "text": question + SUFFIX, "category": category}
@@ -342,7 +351,7 @@ def write_vqav2(out: Path, rng: random.Random, num_questions: int, exclude: set[
             alternative = f"{color} color"
         else:
             asked = rng.choice([shape, rng.choice([s for s in SHAPES if s not in scene.shapes()])])
-            question, answer_type, qtype = f"Is there a {asked}?", "yes/no", "is there a"
+            question, answer_type, qtype = PRESENCE_QUESTIONS[0].format(asked), "yes/no", "is there a"
             answer, alternative = ("yes" if asked in scene.shapes() else "no"), None
         qid = image_id * 10
         answers = _ten(answer, rng, alternative)
