@@ -117,7 +117,10 @@ class RadioVisionTower(nn.Module):
                 f"mm_vision_select_feature={self.select_feature!r}: a RADIO tower gives patch tokens only "
                 "(its CLS and register tokens are dropped); pass --mm_vision_select_feature patch"
             )
-        self.cfg_only = self._vision_config()
+        source_config = self._source_config()
+        # a RadioLlavaVisionModel folder loads as one (its weights, a trained output LayerNorm included)
+        self._source_is_vision_model = isinstance(source_config, RadioLlavaVisionConfig)
+        self.cfg_only = self._vision_config(source_config)
         self.image_processor = RadioLlavaImageProcessor.from_model_config(
             self.cfg_only.radio_config, resize_mode=self.spec.resize_mode, **self._long_edge()
         )
@@ -145,8 +148,8 @@ class RadioVisionTower(nn.Module):
             )
         return AutoConfig.from_pretrained(source)
 
-    def _vision_config(self) -> RadioLlavaVisionConfig:
-        config = self._source_config()
+    def _vision_config(self, config) -> RadioLlavaVisionConfig:
+        """The tower's vision-model config from the source's (a RADIO or a RadioLlavaVisionModel config)."""
         radio_config = config.radio_config if isinstance(config, RadioLlavaVisionConfig) else config
         return RadioLlavaVisionConfig(
             radio_config=radio_config.to_dict(),
@@ -162,7 +165,7 @@ class RadioVisionTower(nn.Module):
         settings = {"feature_sources": config.feature_sources, "output_layernorm": config.output_layernorm}
         if source in list_tiny_models():
             self.vision_tower = RadioLlavaVisionModel.from_radio(build_tiny_radio(source), **settings)
-        elif isinstance(self._source_config(), RadioLlavaVisionConfig):  # keeps a trained output LayerNorm
+        elif self._source_is_vision_model:
             self.vision_tower = RadioLlavaVisionModel.from_pretrained(source, config=config)
         else:
             self.vision_tower = RadioLlavaVisionModel.from_radio(
