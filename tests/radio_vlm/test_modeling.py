@@ -171,7 +171,7 @@ def test_vitdet_schedule_matches_official_patterns():
     assert pattern(vitdet_schedule(4, num_global=2)) == "WGWG"
 
 
-def test_set_vitdet_validates(model):
+def test_set_vitdet_validates():
     four = build_tiny_radio("tiny-radio-4layer")
     with pytest.raises(ValueError, match="period 1"):
         four.set_vitdet(2)  # official default num_global=4 on depth 4 crashes there; we explain instead
@@ -228,7 +228,7 @@ def test_packed_forward_intermediates_equal_per_image():
         torch.testing.assert_close(packed[i], torch.cat([s[i][0] for s in singles]), rtol=0, atol=1e-5)
 
 
-def test_make_preprocessor_external(model):
+def test_make_preprocessor_external():
     model = build_tiny_radio("tiny-radio")
     x = torch.rand(1, 3, 32, 32)
     reference = model(x).features
