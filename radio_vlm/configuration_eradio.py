@@ -95,6 +95,11 @@ class ERadioConfig(PreTrainedConfig):
         return self.full_features_head_dim
 
     @property
+    def num_channels(self) -> int:
+        """RGB input, as the official E-RADIO builders (in_chans=3)."""
+        return 3
+
+    @property
     def patch_size(self) -> int:
         """Output stride of the features: each token covers 16x16 input pixels."""
         return 16

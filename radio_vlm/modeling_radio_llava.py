@@ -98,8 +98,9 @@ class RadioLlavaVisionModel(PreTrainedModel):
 
     def _features(self, pixel_values: torch.Tensor, grid_hw: torch.Tensor | None) -> torch.Tensor:
         """Concatenated feature sources: (sum h*w, D) packed, or (N, h*w, D)."""
-        depth = len(self.radio.backbone.encoder.layer)
-        layers = sorted({arg % depth for kind, arg in self.sources if kind == "layer"})
+        layer_sources = [arg for kind, arg in self.sources if kind == "layer"]  # ViT backbones only
+        depth = len(self.radio.backbone.encoder.layer) if layer_sources else 1
+        layers = sorted({arg % depth for arg in layer_sources})
         if layers:
             only_layers = all(kind == "layer" for kind, _ in self.sources)
             result = self.radio.forward_intermediates(

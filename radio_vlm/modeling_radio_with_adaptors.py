@@ -365,8 +365,10 @@ class RadioWithAdaptors(PreTrainedModel):
         packed = image_grid_hw is not None
         self._check_fmt(feature_fmt, packed)
         if not self.is_vit:
-            if packed or output_hidden_states:
-                raise ValueError("packed input and hidden states need a ViT backbone (model_type 'radio')")
+            if output_hidden_states:
+                raise ValueError("hidden states need a ViT backbone (model_type 'radio')")
+            if packed:
+                return self._forward_other_backbone_packed(pixel_values, image_grid_hw)
             return self._forward_other_backbone(pixel_values, feature_fmt)
         hidden, grids = self._embed(pixel_values, image_grid_hw)
         depth = len(self.backbone.encoder.layer)
@@ -402,6 +404,32 @@ class RadioWithAdaptors(PreTrainedModel):
             summary=out.summary,
             features=self._format(features, grid, feature_fmt),
             adaptors=self._head_outputs(cls_tokens, features, [grid], False, feature_fmt),
+        )
+
+    def _forward_other_backbone_packed(
+        self, patches: torch.Tensor, image_grid_hw: torch.Tensor
+    ) -> RadioWithAdaptorsOutput:
+        """Packed input for a convolutional backbone (E-RADIO): each image is rebuilt from its patches
+        (channel-major, row-major as `patchify`) and run alone; the outputs are packed as the ViT's."""
+        p, grids = self.patch_size, [tuple(g) for g in image_grid_hw.tolist()]
+        outs = []
+        for (h, w), chunk in zip(grids, patches.split([h * w for h, w in grids])):
+            image = chunk.reshape(h, w, -1, p, p).permute(2, 0, 3, 1, 4).reshape(1, -1, h * p, w * p)
+            outs.append(self._forward_other_backbone(image, "NLC"))
+
+        def pack(parts: list[torch.Tensor | None], tokens: bool) -> torch.Tensor | None:
+            return None if parts[0] is None else torch.cat([x[0] if tokens else x for x in parts])
+
+        return RadioWithAdaptorsOutput(
+            summary=pack([o.summary for o in outs], False),
+            features=pack([o.features for o in outs], True),
+            adaptors={
+                name: RadioOutput(
+                    summary=pack([o.adaptors[name].summary for o in outs], False),
+                    features=pack([o.adaptors[name].features for o in outs], True),
+                )
+                for name in self.adaptors
+            },
         )
 
     def forward_intermediates(

@@ -202,3 +202,38 @@ def test_cli_convert_with_constructor_option(tmp_path, fixture_files):
         for name, x in _supported(inputs).items():
             got = model(x, feature_fmt="NCHW").features
             torch.testing.assert_close(got, expected[f"{name}.features_nchw"], atol=ATOL, rtol=0)
+
+
+def test_packed_input_and_llava_tower(fixture_files, converted):
+    """Packed differently sized images (the LLaVA tower's input) give each image's own outputs."""
+    from radio_vlm.image_processing_radio import patchify
+    from radio_vlm.modeling_radio_llava import RadioLlavaVisionModel
+
+    _, _, inputs, expected = fixture_files
+    config, state_dict = converted
+    head = {"hidden_dim": 24, "output_dim": 12}
+    model = RadioWithAdaptors(
+        RadioWithAdaptorsConfig(
+            backbone_config=config.to_dict(), adaptors={"clip": {"summary": head, "feature": head}}
+        )
+    ).eval()
+    model.backbone.load_state_dict(state_dict, strict=True)
+    images = [inputs["img_64x96"][0], inputs["img_128x192"][0]]
+    grid_hw = torch.tensor([[4, 6], [8, 12]])
+    with torch.no_grad():
+        packed = model(torch.cat([patchify(im, 16) for im in images]), image_grid_hw=grid_hw)
+        singles = [model(im[None]) for im in images]
+    torch.testing.assert_close(packed.features, torch.cat([s.features[0] for s in singles]), atol=0, rtol=0)
+    torch.testing.assert_close(packed.summary, torch.cat([s.summary for s in singles]), atol=0, rtol=0)
+    torch.testing.assert_close(packed.features[:24], expected["img_64x96.features"][0], atol=ATOL, rtol=0)
+    assert packed.adaptors["clip"].summary.shape == (2, 12) and packed.adaptors["clip"].features.shape == (
+        120,
+        12,
+    )
+
+    tower = RadioLlavaVisionModel.from_radio(model)
+    padded = torch.zeros(2, 3, 128, 192)
+    padded[0, :, :64, :96], padded[1] = images
+    with torch.no_grad():
+        out = tower(padded, image_sizes=torch.tensor([[64, 96], [128, 192]]))
+    torch.testing.assert_close(out.last_hidden_state[0], packed.features, atol=0, rtol=0)
