@@ -27,29 +27,7 @@ import re
 from functools import lru_cache
 
 # The 21 characters both implementations treat as punctuation (vqaEval.py HEAD `self.punct`, m4c PUNCTUATIONS).
-PUNCTUATION = (
-    ";",
-    "/",
-    "[",
-    "]",
-    '"',
-    "{",
-    "}",
-    "(",
-    ")",
-    "=",
-    "+",
-    "\\",
-    "_",
-    "-",
-    ">",
-    "<",
-    "@",
-    "`",
-    ",",
-    "?",
-    "!",
-)
+PUNCTUATION = tuple(';/[]"{}()=+\\_-><@`,?!')
 
 # vqaEval.py `manualMap` / m4c NUMBER_MAP: only zero..ten (and "none"), nothing above.
 NUMBER_WORDS = {
