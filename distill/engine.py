@@ -118,10 +118,6 @@ class Engine:
         return self.engine.module
 
     @property
-    def device(self) -> torch.device:
-        return self.engine.device
-
-    @property
     def dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.config.distributed.precision == "bf16" else torch.float32
 
@@ -142,11 +138,8 @@ class Engine:
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])
 
-    @property
-    def global_steps(self) -> int:
-        return int(self.engine.global_steps)
-
     def grad_norm(self) -> float | None:
+        """Global gradient norm of the last optimizer step (before clipping)."""
         norm = self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
 

@@ -108,7 +108,7 @@ class MetricsLog:
                 self.sums[f"count/{term}"] += 1
                 self.sums[f"cos/{term}"] += out.cosine[term].item()
 
-    def write(self, step: int, lr: float, world: int, bar: tqdm | None) -> dict:
+    def write(self, step: int, lr: float, grad_norm: float | None, world: int, bar: tqdm | None) -> dict:
         keys = [
             "loss",
             "images",
@@ -122,7 +122,7 @@ class MetricsLog:
                   "images_per_s": totals["images"] / elapsed,
                   "teacher_time_share": totals["time/teachers"] / max(totals["time/step"], 1e-12),
                   **{f"{k}_s": totals[f"time/{k}"] / world / self.steps for k in ("data", "teachers", "student", "optimizer")},
-                  "step_s": step_time / self.steps}  # fmt: skip
+                  "step_s": step_time / self.steps, "grad_norm": grad_norm}  # fmt: skip
         for term in self.terms:
             count = totals[f"count/{term}"]
             if count:
@@ -286,7 +286,7 @@ def train(config: DistillConfig, output_dir: str | Path, resume: bool = False) -
         log.add_step(outputs, world, gas, images, times)
         done = step + 1
         if done % config.train.log_every == 0 or done == max_steps:
-            log.write(done, engine.lr, world, bar)
+            log.write(done, engine.lr, engine.grad_norm(), world, bar)
         if (config.train.save_every and done % config.train.save_every == 0) or done == max_steps:
             state = {"step": done, "data": _gather_data_positions(batches.state())}
             save_checkpoint(
