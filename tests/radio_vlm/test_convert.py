@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
 from radio_vlm.cli import main
-from radio_vlm.convert import convert_official
+from radio_vlm.convert import convert_official, read_state_dict
 from radio_vlm.image_processing_radio import RadioImageProcessor
 
 TOL = 1e-5  # fixture README: max |diff| <= 1e-5 in float32 for every tensor
@@ -282,3 +282,22 @@ def test_register_count_follows_args(ref, tmp_path):
         ValueError, match=r"regs\.pth\.tar: cls_token\.token has 8 rows but args give 1 CLS tokens \+ 3"
     ):
         convert_official(path)
+
+
+def test_read_state_dict_reads_every_weights_format(tmp_path):
+    """safetensors, zip-format .bin (memory-mapped), legacy .bin, and a sharded folder; nothing else."""
+    state = {"a": torch.arange(3.0), "b": torch.ones(2, 2)}
+    save_file(state, tmp_path / "w.safetensors")
+    torch.save(state, tmp_path / "zip.bin")
+    torch.save(state, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    save_file({"a": state["a"]}, sharded / "model-00001-of-00002.safetensors")
+    save_file({"b": state["b"]}, sharded / "model-00002-of-00002.safetensors")
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    for source in ("w.safetensors", "zip.bin", "legacy.bin", "sharded"):
+        loaded = read_state_dict(tmp_path / source)
+        assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state), source
+    with pytest.raises(FileNotFoundError, match="no model.safetensors or pytorch_model.bin"):
+        read_state_dict(tmp_path)
