@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+
+from radio_vlm.convert import read_state_dict
 
 RUN_CONFIG = "radio_llava_run.json"
 PROJECTOR_FILE = "mm_projector.bin"
@@ -55,7 +56,7 @@ def load_projector(model, source: str | Path) -> Path:
         raise FileNotFoundError(
             f"--pretrained-projector {source}: found neither a file nor {PROJECTOR_FILE} / model.safetensors in it"
         )
-    tensors = load_file(path) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+    tensors = read_state_dict(path)
     llava_to_native = {v: k for k, v in _NATIVE_TO_LLAVA.items()}
     state = {}
     for key, value in tensors.items():
