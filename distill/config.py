@@ -76,9 +76,8 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
+    # The feature loss itself is fixed by the paper: 0.9 cosine + 0.1 smooth-L1 (AM-RADIO eq. 3, distill.losses).
     balancer: str = "naive"  # naive | uncertainty | adaloss | phi_s (AM-RADIO section 3.4.1, PHI-S)
-    cosine_weight: float = 0.9  # alpha of L_match (AM-RADIO eq. 3)
-    smooth_l1_weight: float = 0.1  # beta of L_match (AM-RADIO eq. 3)
     adaloss_momentum: float = 0.99  # AM-RADIO section 3.4.1
     phi_s_batches: int = 4  # batches used to estimate PHI-S statistics at the start of the run
 
