@@ -107,20 +107,25 @@ def encode_images(
 # ----------------------------------------------------------------- `radio-vlm features`
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", help="image files")
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of every subcommand that runs `load_model_and_processor` + `encode_images`."""
     parser.add_argument(
         "--model", required=True, help="folder with a RadioWithAdaptors (config.json + weights)"
     )
-    parser.add_argument("--out", required=True, help="output .safetensors file")
     parser.add_argument(
-        "--adaptor", default=None, help="store this adaptor's summary/features instead of the backbone's"
+        "--adaptor", default=None, help="use this adaptor's summary/features instead of the backbone's"
     )
     parser.add_argument(
         "--long-edge", type=int, default=None, help="resize the long edge to N px (default: the processor's)"
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="images per packed forward (default 8)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--out", required=True, help="output .safetensors file")
+    add_model_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=8, help="images per packed forward (default 8)")
 
 
 def run(args: argparse.Namespace) -> int:

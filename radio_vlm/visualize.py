@@ -14,7 +14,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .features import encode_images, load_model_and_processor
+from .features import add_model_arguments, encode_images, load_model_and_processor
 from .image_io import load_image
 
 # Robust min/max: the percentiles that map to 0 and 1 in each colour channel.
@@ -90,20 +90,11 @@ def montage(pictures: list[PIL.Image.Image], row_height: int = 256) -> PIL.Image
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", help="image file(s); several give one picture with a row each")
-    parser.add_argument(
-        "--model", required=True, help="folder with a RadioWithAdaptors (config.json + weights)"
-    )
     parser.add_argument("--out", required=True, help="output picture (.png)")
-    parser.add_argument(
-        "--adaptor", default=None, help="show this adaptor's features instead of the backbone's"
-    )
-    parser.add_argument(
-        "--long-edge", type=int, default=None, help="resize the long edge to N px (default: the processor's)"
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--pca-only", action="store_true", help="write only the PCA picture, not the image beside it"
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
 def run(args: argparse.Namespace) -> int:
