@@ -1,8 +1,11 @@
-"""Shared test helpers: where the official fixtures live, and deterministic CPU settings."""
+"""Shared test helpers: where the official fixtures live, deterministic CPU settings, and what a test needs
+to launch a child Python (its environment, a free port for torchrun)."""
 
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,29 @@ def fixtures_dir() -> Path:
     if not path.is_dir():
         pytest.fail(f"official fixtures not found at {path}: set RADIO_VLM_SHARED to the shared/ folder")
     return path
+
+
+@pytest.fixture(scope="module")
+def subprocess_env() -> dict[str, str]:
+    """Environment for a test's child Python: this checkout importable, one OpenMP thread (the suite shares
+    2 cores), and no RANK / WORLD_SIZE / MASTER_* that an in-process 1-rank group (distill.engine) may have
+    left in os.environ, so a child starts its own group or torchrun sets them."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """A function returning a TCP port free on 127.0.0.1 now (torchrun's --master_port for one launch)."""
+
+    def pick() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    return pick
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ builder, ragged image batches against LLaVA's own code, its training entry point
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import types
@@ -21,7 +20,6 @@ from llava_patch.llm import build_tiny_llama
 from llava_patch.original import _ORIGINALS
 from radio_vlm.vision_tower import RadioVisionTower, parse_radio_tower_name
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TOWER = "radio:tiny-radio:long_edge=48"
 
 
@@ -212,8 +210,7 @@ def llava_train_argv(root: Path, out: Path, *flags: str) -> list[str]:
 RUN_STAGES = "import json, sys; from llava_patch.run import main; [main(a) for a in json.loads(sys.argv[1])]"
 
 
-def run_llava_stages(root: Path, *stages: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+def run_llava_stages(root: Path, env: dict[str, str], *stages: list[str]) -> subprocess.CompletedProcess:
     command = [sys.executable, "-c", RUN_STAGES, json.dumps(stages)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=root, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -227,7 +224,7 @@ def llava_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def llava_runs(llava_data, tiny_llm_dir) -> tuple[Path, Path]:
+def llava_runs(llava_data, tiny_llm_dir, subprocess_env) -> tuple[Path, Path]:
     """Stage 1 as scripts/v1_5/pretrain.sh (`plain` template, projector only, LLaVA writes mm_projector.bin),
     then stage 2 as scripts/v1_5/finetune.sh (vicuna_v1, LLM + projector, from stage 1's projector).
 
@@ -237,6 +234,7 @@ def llava_runs(llava_data, tiny_llm_dir) -> tuple[Path, Path]:
     finetune_out = llava_data / "llava-radio-tiny"  # LLaVA's loader needs "llava" in the model name
     run_llava_stages(
         llava_data,
+        subprocess_env,
         llava_train_argv(
             llava_data, pretrain_out, "--model_name_or_path", str(tiny_llm_dir), "--version", "plain",
             "--data_path", str(llava_data / "pretrain.json"), "--tune_mm_mlp_adapter", "True", "--max_steps", "2",

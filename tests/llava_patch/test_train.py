@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -138,17 +136,12 @@ def test_lora_merge_equals_unmerged(data, tmp_path):
         torch.testing.assert_close(reloaded(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def zero_runs(data, tmp_path_factory) -> dict[int, tuple[Path, subprocess.CompletedProcess]]:
+def zero_runs(
+    data, tmp_path_factory, subprocess_env, free_port
+) -> dict[int, tuple[Path, subprocess.CompletedProcess]]:
     """ZeRO-2 pretrain then ZeRO-3 finetune (zero_driver.py) under torchrun on 1 and on 2 ranks, both
     launches at once (most of their time is start-up)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     driver = Path(__file__).with_name("zero_driver.py")
     launches = {}
     for ranks in (1, 2):
@@ -156,7 +149,7 @@ def zero_runs(data, tmp_path_factory) -> dict[int, tuple[Path, subprocess.Comple
         command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}"]
         command += [f"--master_port={free_port()}", str(driver), str(data), str(out)]
         process = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         launches[ranks] = (out, process)
     return {
