@@ -126,16 +126,18 @@ class UncertaintyBalancer(LossBalancer):
 
     def __init__(self, base_weights: Mapping[str, float]) -> None:
         super().__init__(base_weights)
-        self.log_vars = nn.ParameterDict({term: nn.Parameter(torch.zeros(())) for term in self.base_weights})
+        # shape (1,), not (): DeepSpeed's parameter broadcast views every parameter as bytes, which a
+        # 0-dim tensor cannot do
+        self.log_vars = nn.ParameterDict({term: nn.Parameter(torch.zeros(1)) for term in self.base_weights})
 
     def weights(self, losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {term: self.base_weights[term] * torch.exp(-self.log_vars[term]) for term in losses}
+        return {term: self.base_weights[term] * torch.exp(-self.log_vars[term][0]) for term in losses}
 
     def regularizer(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor | float:
         # Absent terms (other rank groups' teachers) enter with weight 0, so every log-variance gets a
         # (zero) gradient on every rank and data-parallel engines see no unused parameters.
-        absent = sum(0.0 * value for term, value in self.log_vars.items() if term not in losses)
-        return sum(self.base_weights[term] * self.log_vars[term] for term in losses) + absent
+        absent = sum(0.0 * value[0] for term, value in self.log_vars.items() if term not in losses)
+        return sum(self.base_weights[term] * self.log_vars[term][0] for term in losses) + absent
 
 
 class AdaLossBalancer(LossBalancer):

@@ -15,10 +15,12 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs/distill/tiny.yaml"
-# A few small steps exercising CPE, ViTDet window sampling and spectral reparametrisation.
+# A few small steps exercising CPE, ViTDet window sampling, spectral reparametrisation and a balancer
+# with learned parameters (they go through DeepSpeed and the checkpoint with the student's).
 SMALL = ["train.max_steps=6", "train.log_every=1", "train.save_every=2", "groups.0.batch_size=4",
          "data.num_images=32", "data.eval_images=4", "student.spectral_reparam=true",
-         "groups.0.vitdet_window_sizes=[2, 4]", "groups.0.vitdet_num_global=1"]  # fmt: skip
+         "groups.0.vitdet_window_sizes=[2, 4]", "groups.0.vitdet_num_global=1",
+         "loss.balancer=uncertainty"]  # fmt: skip
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
