@@ -32,8 +32,12 @@ format: install
 demo: install
 	$(PY) -m radio_vlm.cli demo --out demo_out
 
+# Each benchmark prints a table and, last, one JSON line of ratios against a baseline run beside it.
 bench: install
-	$(PY) bench/tower.py
+	$(PY) bench/tower.py --json
+	$(PY) bench/llava_tokens.py --json
+	$(PY) bench/distill.py --json
+	$(PY) bench/eradio.py --json
 
 clean:
 	rm -rf demo_out .pytest_cache
