@@ -1,4 +1,5 @@
-"""Load an image from anything a user holds: a file path, a PIL image, a numpy array or a torch tensor.
+"""Load an image from anything a user holds: a file path, encoded bytes or a binary file object, a PIL image,
+a numpy array or a torch tensor.
 
 Every image comes out as RGB. Grayscale, palette, CMYK, 16-bit and images with transparency are converted
 (transparency composited onto white, as transformers' `convert_to_rgb` does), EXIF orientation is applied,
@@ -10,15 +11,17 @@ Shared by the image processor, the distillation data and the LLaVA data loaders.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
 
-ImageSource = str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor
+ImageSource = str | os.PathLike | bytes | BinaryIO | PIL.Image.Image | np.ndarray | torch.Tensor
 
 # Arrays and tensors may carry 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels.
 _CHANNEL_COUNTS = (1, 2, 3, 4)
@@ -29,13 +32,13 @@ _FLOAT_TOLERANCE = 1e-3
 def load_image(src: ImageSource, name: str | None = None) -> PIL.Image.Image:
     """Return `src` as an RGB PIL image (8 bits per channel), EXIF orientation applied.
 
-    `src` is a file path, a PIL image, a numpy array (H, W) or (H, W, C) or a torch tensor (H, W) or
-    (C, H, W), with C in 1..4; arrays and tensors are uint8 (0..255), uint16 (0..65535), bool, or float
-    in [0, 1]. `name` labels the image in error messages (default: the path, or "image").
+    `src` is a file path, the encoded bytes of an image file (e.g. a tar member), a binary file object, a
+    PIL image, a numpy array (H, W) or (H, W, C) or a torch tensor (H, W) or (C, H, W), with C in 1..4;
+    arrays and tensors are uint8 (0..255), uint16 (0..65535), bool, or float in [0, 1]. `name` labels the
+    image in error messages (default: the path or the file object's name, or "image").
     """
     name = _default_name(src, name)
-    if isinstance(src, (str, os.PathLike)):
-        src = _open_file(Path(src), name)
+    src = _decode_encoded(src, name)
     if isinstance(src, PIL.Image.Image):
         return _pil_to_rgb(src, name)
     rgb = _rgb_float(_array_hwc(src, name), name)
@@ -49,8 +52,7 @@ def load_image_tensor(src: ImageSource, name: str | None = None) -> torch.Tensor
     quantised to 8 bits on the way).
     """
     name = _default_name(src, name)
-    if isinstance(src, (str, os.PathLike)):
-        src = _open_file(Path(src), name)
+    src = _decode_encoded(src, name)
     if isinstance(src, PIL.Image.Image):
         rgb = np.asarray(_pil_to_rgb(src, name), dtype=np.float32) / 255.0
     else:
@@ -61,23 +63,42 @@ def load_image_tensor(src: ImageSource, name: str | None = None) -> torch.Tensor
 def _default_name(src: ImageSource, name: str | None) -> str:
     if name is not None:
         return name
-    return f"image file {os.fspath(src)}" if isinstance(src, (str, os.PathLike)) else "image"
+    if isinstance(src, (str, os.PathLike)):
+        return f"image file {os.fspath(src)}"
+    file_name = getattr(src, "name", None) if hasattr(src, "read") else None
+    return f"image file {file_name}" if isinstance(file_name, str) else "image"
 
 
-def _open_file(path: Path, name: str) -> PIL.Image.Image:
-    if not path.exists():
-        raise ValueError(f"{name}: file not found")
-    if not path.is_file():
-        raise ValueError(f"{name}: is not a file (a directory?); pass image files")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{name}: the file is empty (0 bytes)")
+def _decode_encoded(src: ImageSource, name: str) -> PIL.Image.Image | np.ndarray | torch.Tensor:
+    """Decode a path, bytes or binary file object to a PIL image; pass decoded sources through."""
+    if isinstance(src, (str, os.PathLike)):
+        path = Path(src)
+        if not path.exists():
+            raise ValueError(f"{name}: file not found")
+        if not path.is_file():
+            raise ValueError(f"{name}: is not a file (a directory?); pass image files")
+        if path.stat().st_size == 0:
+            raise ValueError(f"{name}: the file is empty (0 bytes)")
+        return _decode(path, name)
+    if isinstance(src, (bytes, bytearray)):
+        if not src:
+            raise ValueError(f"{name}: the image data is empty (0 bytes)")
+        return _decode(io.BytesIO(src), name)
+    if hasattr(src, "read"):
+        return _decode(src, name)
+    return src
+
+
+def _decode(file: Path | BinaryIO, name: str) -> PIL.Image.Image:
     try:
-        image = PIL.Image.open(path)
+        image = PIL.Image.open(file)
         image.load()  # decode now, so truncated files fail here rather than later
     except PIL.Image.DecompressionBombError as err:
         raise ValueError(f"{name}: {err}; raise PIL.Image.MAX_IMAGE_PIXELS if the image is trusted") from err
     except PIL.UnidentifiedImageError as err:
-        raise ValueError(f"{name}: not an image format PIL can read") from err
+        raise ValueError(
+            f"{name}: not an image format PIL can read (a corrupt file, or not an image)"
+        ) from err
     except (OSError, SyntaxError) as err:
         raise ValueError(f"{name}: the image is corrupt or truncated ({err})") from err
     return image
@@ -127,8 +148,8 @@ def _array_hwc(src: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
             )
     else:
         raise ValueError(
-            f"{name}: cannot read an image from {type(src).__name__}; pass a file path, a PIL image, a numpy "
-            "array (H, W, C) or a torch tensor (C, H, W)"
+            f"{name}: cannot read an image from {type(src).__name__}; pass a file path, encoded bytes, a "
+            "binary file object, a PIL image, a numpy array (H, W, C) or a torch tensor (C, H, W)"
         )
     if array.ndim == 2:
         array = array[:, :, None]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -117,6 +119,34 @@ def test_truncated_file(tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError, match="corrupt or truncated"):
         load_image(path)
+
+
+def test_encoded_bytes_and_file_objects(tmp_path):
+    """Bytes (a tar member) and open files decode as the file does; bad data names the given image."""
+    path = tmp_path / "rotated.jpg"
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    PIL.Image.fromarray(_gradient(6, 10)).save(path, exif=exif)
+    expected = load_image_tensor(path)
+    with open(path, "rb") as file:
+        torch.testing.assert_close(load_image_tensor(file), expected, atol=0, rtol=0)
+    torch.testing.assert_close(load_image_tensor(io.BytesIO(path.read_bytes())), expected, atol=0, rtol=0)
+    torch.testing.assert_close(load_image_tensor(path.read_bytes()), expected, atol=0, rtol=0)
+    assert np.array_equal(np.asarray(load_image(path.read_bytes())), np.asarray(load_image(path)))
+
+    for data, message in [
+        (b"", "empty"),
+        (b"\xff\xd8corrupt", "corrupt"),
+        (b"not an image", "not an image format"),
+        (path.read_bytes()[:200], "corrupt or truncated"),
+    ]:
+        with pytest.raises(ValueError, match=message) as info:
+            load_image(data, name="shard-0.tar:7.jpg")
+        assert "shard-0.tar:7.jpg" in str(info.value)
+    text = _write(tmp_path / "text.png", b"not an image")
+    with open(text, "rb") as file, pytest.raises(ValueError, match="not an image format") as info:
+        load_image(file)
+    assert f"image file {text}" in str(info.value)  # an open file names itself
 
 
 @pytest.mark.parametrize(
