@@ -185,6 +185,14 @@ def log_trainable(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
     return {k: tuple(v) for k, v in counts.items()}
 
 
+# run settings that TrainingArguments takes under the same name
+_SAME_NAME_TRAINING_ARGS = (
+    "deepspeed", "max_steps", "num_train_epochs", "gradient_accumulation_steps", "learning_rate",
+    "weight_decay", "save_steps", "save_total_limit", "logging_steps", "dataloader_num_workers", "seed",
+    "report_to",
+)  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     from transformers import TrainingArguments
 
@@ -208,25 +216,14 @@ def run(args: argparse.Namespace) -> int:
     logger.info("%d usable samples (%d bad when read)", len(dataset), dataset.bad_samples.num_bad)
     training_args = TrainingArguments(
         output_dir=str(output_dir),
-        deepspeed=settings["deepspeed"],
-        max_steps=settings["max_steps"],
-        num_train_epochs=settings["num_train_epochs"],
+        **{key: settings[key] for key in _SAME_NAME_TRAINING_ARGS},
         per_device_train_batch_size=settings["per_device_batch_size"],
-        gradient_accumulation_steps=settings["gradient_accumulation_steps"],
-        learning_rate=settings["learning_rate"],
-        weight_decay=settings["weight_decay"],
         warmup_steps=settings["warmup_ratio"],  # a float < 1 is a ratio of the total steps
         lr_scheduler_type=settings["lr_scheduler"],
         bf16=settings["precision"] == "bf16",
         gradient_checkpointing=not settings["no_gradient_checkpointing"],
         gradient_checkpointing_kwargs={"use_reentrant": False},
         save_strategy="steps",
-        save_steps=settings["save_steps"],
-        save_total_limit=settings["save_total_limit"],
-        logging_steps=settings["logging_steps"],
-        dataloader_num_workers=settings["dataloader_num_workers"],
-        seed=settings["seed"],
-        report_to=settings["report_to"],
         remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(),
     )
