@@ -93,10 +93,18 @@ class MetricsLog:
         self.steps = 0
 
     def add_step(
-        self, outputs: list[tuple[float, LossOutput]], world: int, micro_steps: int, images: int, times: dict
+        self,
+        outputs: list[tuple[float, LossOutput]],
+        world: int,
+        micro_steps: int,
+        images: int,
+        skipped: int,
+        times: dict,
     ) -> None:
-        """outputs: (loss scale, LossOutput) of every group run in this step's `micro_steps` micro-batches."""
+        """outputs: (loss scale, LossOutput) of every group run in this step's `micro_steps` micro-batches;
+        skipped: unreadable images this rank replaced in the step's batches."""
         self.steps += 1
+        self.sums["skipped_images"] += skipped
         # the step's loss: the weighted global objective, averaged over micro-batches
         self.sums["loss"] += sum(scale * out.total.item() for scale, out in outputs) / (world * micro_steps)
         self.sums["images"] += images
@@ -112,6 +120,7 @@ class MetricsLog:
         keys = [
             "loss",
             "images",
+            "skipped_images",
             *(f"time/{k}" for k in ("data", "teachers", "student", "optimizer", "step")),
         ]
         keys += [f"{kind}/{term}" for term in self.terms for kind in ("loss", "cos", "count")]
@@ -120,6 +129,7 @@ class MetricsLog:
         step_time = totals["time/step"] / world
         record = {"step": step, "loss": totals["loss"] / self.steps, "lr": lr,
                   "images_per_s": totals["images"] / elapsed,
+                  "skipped_images": int(totals["skipped_images"]),
                   "teacher_time_share": totals["time/teachers"] / max(totals["time/step"], 1e-12),
                   **{f"{k}_s": totals[f"time/{k}"] / world / self.steps for k in ("data", "teachers", "student", "optimizer")},
                   "step_s": step_time / self.steps, "grad_norm": grad_norm}  # fmt: skip
@@ -258,7 +268,7 @@ def train(config: DistillConfig, output_dir: str | Path, resume: bool = False) -
         torch.manual_seed(step_seed(config.train.seed, step, rank))
         window_rng = random.Random(step_seed(config.train.seed, step, rank))
         times = dict.fromkeys(("data", "teachers", "student", "optimizer"), 0.0)
-        step_start, outputs, images = time.perf_counter(), [], 0
+        step_start, outputs, images, skipped = time.perf_counter(), [], 0, 0
         for _ in range(gas):
             micro = []
             for assignment in plan.assignments(step):
@@ -275,6 +285,7 @@ def train(config: DistillConfig, output_dir: str | Path, resume: bool = False) -
                 times["teachers"] += t2 - t1
                 times["student"] += time.perf_counter() - t2
                 images += len(batch)
+                skipped += batch.num_skipped
             t3 = time.perf_counter()
             engine.backward(sum(scale * out.total for scale, out in micro))
             t4 = time.perf_counter()
@@ -283,7 +294,7 @@ def train(config: DistillConfig, output_dir: str | Path, resume: bool = False) -
             times["optimizer"] += time.perf_counter() - t4
             outputs += micro
         times["step"] = time.perf_counter() - step_start
-        log.add_step(outputs, world, gas, images, times)
+        log.add_step(outputs, world, gas, images, skipped, times)
         done = step + 1
         if done % config.train.log_every == 0 or done == max_steps:
             log.write(done, engine.lr, engine.grad_norm(), world, bar)

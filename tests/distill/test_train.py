@@ -64,6 +64,7 @@ def test_short_run_writes_config_metrics_checkpoints_and_final_metrics(tiny_run)
     ):
         assert key in metrics[-1], key
     assert "cos/tiny_sam/summary" not in metrics[-1]  # SAM has no summary
+    assert all(m["skipped_images"] == 0 for m in metrics)  # every synthetic image decodes
     assert metrics[-1]["loss"] < metrics[0]["loss"]
     assert (tiny_run / "checkpoints/latest").read_text() == "step-00000006"
     assert sorted(p.name for p in (tiny_run / "checkpoints").glob("step-*")) == [
