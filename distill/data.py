@@ -16,7 +16,6 @@ datasets), logged with their name and counted in `DistillBatch.num_skipped`.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -291,15 +290,6 @@ SHARD_STRIDE = 1_000_000  # sample_id = shard index * SHARD_STRIDE + position in
 _IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
-def _decode(data: bytes, name: str) -> PIL.Image.Image:
-    try:
-        image = PIL.Image.open(io.BytesIO(data))
-        image.load()
-    except (OSError, SyntaxError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError) as err:
-        raise ValueError(f"{name}: the image is corrupt or not an image ({err})") from err
-    return load_image(image, name=name)
-
-
 class TarShardSource:
     """Random access to the images of WebDataset tar shards, for index-based samplers.
 
@@ -337,7 +327,7 @@ class TarShardSource:
         with open(self.paths[shard], "rb") as file:
             file.seek(offset)
             data = file.read(size)
-        return _decode(data, f"{self.paths[shard]}:{member}")
+        return load_image(data, name=f"{self.paths[shard]}:{member}")
 
 
 class WebDatasetStream(IterableDataset):
@@ -401,7 +391,7 @@ class WebDatasetStream(IterableDataset):
                 try:
                     if key is None:
                         raise ValueError(f"{name}: no image entry (expected one of {_IMAGE_KEYS})")
-                    image = _decode(record[key], name)
+                    image = load_image(record[key], name=name)
                 except ValueError as err:
                     logger.warning("skipping unreadable image: %s", err)
                     skipped += 1
