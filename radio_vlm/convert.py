@@ -532,7 +532,7 @@ def save_converted(model: RadioWithAdaptors, out: str | Path, export_code: bool 
 
     out = Path(out)
     model.save_pretrained(out, export_code=export_code)
-    RadioImageProcessor.from_model_config(model.config).save_pretrained(out)
+    RadioImageProcessor.from_model_config(model.config).save_pretrained(out, export_code=export_code)
     return out
 
 

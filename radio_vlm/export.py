@@ -1,13 +1,12 @@
 """`radio-vlm export SRC OUT`: re-save a converted model with its code, for `trust_remote_code` users.
 
 OUT then loads with `AutoModel.from_pretrained(OUT, trust_remote_code=True)` where `radio_vlm` is not
-installed. The image processor config, when SRC has one, is copied along.
+installed. The image processor, when SRC has its config, is re-saved with its code too (AutoImageProcessor).
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -15,6 +14,7 @@ PROCESSOR_FILE = "preprocessor_config.json"
 
 def export_model(src: str | Path, out: str | Path) -> Path:
     """Load the `RadioWithAdaptors` folder `src` and save it to `out` with code files and `auto_map`."""
+    from .image_processing_radio import RadioImageProcessor
     from .modeling_radio_with_adaptors import RadioWithAdaptors
 
     src, out = Path(src), Path(out)
@@ -23,7 +23,7 @@ def export_model(src: str | Path, out: str | Path) -> Path:
     model = RadioWithAdaptors.from_pretrained(src)
     model.save_pretrained(out, export_code=True)
     if (src / PROCESSOR_FILE).is_file():
-        shutil.copyfile(src / PROCESSOR_FILE, out / PROCESSOR_FILE)
+        RadioImageProcessor.from_pretrained(src).save_pretrained(out, export_code=True)
     return out
 
 

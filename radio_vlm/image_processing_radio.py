@@ -19,14 +19,18 @@ long_edge=432, patch 16 -> resized to 432x324, padded to 432x336, patch grid 21x
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import ImagesKwargs
 
@@ -130,6 +134,19 @@ class RadioImageProcessor(BaseImageProcessor):
         settings["long_edge"] = int(max(preferred)) if preferred else min(432, settings["max_resolution"])
         settings.update(overrides)
         return cls(**settings)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, export_code: bool = False, **kwargs):
+        """`BaseImageProcessor.save_pretrained`; with `export_code=True` also write this file and image_io.py and
+        an `auto_map` in preprocessor_config.json, so `AutoImageProcessor.from_pretrained(dir,
+        trust_remote_code=True)` works without `radio_vlm` (as `RadioWithAdaptors.save_pretrained` does)."""
+        if not export_code:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        exported = copy.copy(self)  # the auto_map is for the saved file; this object stays as it was
+        exported.auto_map = {"AutoImageProcessor": f"{Path(__file__).stem}.{type(self).__name__}"}
+        result = exported.save_pretrained(save_directory, *args, **kwargs)
+        for source in [__file__, *get_relative_import_files(__file__)]:
+            shutil.copyfile(source, Path(save_directory) / Path(source).name)
+        return result
 
     # ----------------------------------------------------------------- sizes
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from radio_vlm.cli import main
+from radio_vlm.image_processing_radio import RadioImageProcessor
 from radio_vlm.tiny import build_tiny_radio
 
 BLOCKED_LOAD = textwrap.dedent(
@@ -22,7 +23,7 @@ BLOCKED_LOAD = textwrap.dedent(
                 raise ImportError("radio_vlm is blocked in this process")
     sys.meta_path.insert(0, BlockRadioVlm())
     import torch
-    from transformers import AutoModel
+    from transformers import AutoImageProcessor, AutoModel
     folder = sys.argv[1]
     try:
         import radio_vlm  # noqa: F401
@@ -32,7 +33,14 @@ BLOCKED_LOAD = textwrap.dedent(
     model = AutoModel.from_pretrained(folder, trust_remote_code=True)
     assert not type(model).__module__.startswith("radio_vlm"), type(model).__module__
     out = model(torch.load(folder + "/x.pt"))
-    torch.save({"features": out.features, "sam": out.adaptors["sam"].features}, folder + "/y_remote.pt")
+    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+    assert not type(processor).__module__.startswith("radio_vlm"), type(processor).__module__
+    inputs = processor([torch.load(folder + "/image.pt")])
+    torch.save(
+        {"features": out.features, "sam": out.adaptors["sam"].features, "pixel_values": inputs["pixel_values"],
+         "processed_features": model(**inputs).features},
+        folder + "/y_remote.pt",
+    )
     """
 )
 
@@ -52,24 +60,37 @@ def run_blocked(folder: Path) -> None:
 def test_export_code_loads_without_radio_vlm(tmp_path):
     model = build_tiny_radio("tiny-radio")
     model.save_pretrained(tmp_path, export_code=True)
+    processor = RadioImageProcessor.from_model_config(model.config)
+    processor.save_pretrained(tmp_path, export_code=True)
     assert {"modeling_radio_with_adaptors.py", "adaptors.py", "windowing.py"} <= {
         p.name for p in tmp_path.iterdir()
     }
+    assert {"image_processing_radio.py", "image_io.py"} <= {p.name for p in tmp_path.iterdir()}
     assert model.config.auto_map is None  # the in-memory config is left as it was
+    assert "auto_map" not in processor.to_dict()  # and so is the processor
     x = torch.rand(1, 3, 32, 48)
     torch.save(x, tmp_path / "x.pt")
+    image = torch.rand(3, 40, 56)
+    torch.save(image, tmp_path / "image.pt")
     run_blocked(tmp_path)
     remote = torch.load(tmp_path / "y_remote.pt")
     out = model(x)
     torch.testing.assert_close(remote["features"], out.features, rtol=0, atol=0)
     torch.testing.assert_close(remote["sam"], out.adaptors["sam"].features, rtol=0, atol=0)
+    inputs = processor([image])
+    torch.testing.assert_close(remote["pixel_values"], inputs["pixel_values"], rtol=0, atol=0)
+    torch.testing.assert_close(remote["processed_features"], model(**inputs).features, rtol=0, atol=0)
 
 
 def test_cli_export(tmp_path):
     model = build_tiny_radio("tiny-radio")
     model.save_pretrained(tmp_path / "plain")
+    RadioImageProcessor.from_model_config(model.config).save_pretrained(tmp_path / "plain")
     assert not (tmp_path / "plain" / "modeling_radio_with_adaptors.py").exists()
     assert main(["export", str(tmp_path / "plain"), str(tmp_path / "exported")]) == 0
     config = (tmp_path / "exported" / "config.json").read_text()
     assert '"AutoModel": "modeling_radio_with_adaptors.RadioWithAdaptors"' in config
     assert (tmp_path / "exported" / "modeling_radio_with_adaptors.py").is_file()
+    processor_config = (tmp_path / "exported" / "preprocessor_config.json").read_text()
+    assert '"AutoImageProcessor": "image_processing_radio.RadioImageProcessor"' in processor_config
+    assert (tmp_path / "exported" / "image_processing_radio.py").is_file()
