@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# Errors that carry an instruction for the user (bad input, missing file); anything else is a bug and
+# keeps its traceback.
+USER_ERRORS = (ValueError, OSError, KeyError)
+TRACEBACK_ENV = "RADIO_VLM_TRACEBACK"
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -30,7 +36,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 def run_subcommands(
     prog: str, description: str, subcommands: dict[str, tuple[str, str]], argv: list[str] | None = None
 ) -> int:
-    """Parse `argv` as `prog <subcommand> ...` and run the chosen subcommand's module."""
+    """Parse `argv` as `prog <subcommand> ...` and run the chosen subcommand's module.
+
+    From the command line (`argv` None), a user error prints one line `prog command: error: ...` and
+    returns 2 (set RADIO_VLM_TRACEBACK=1 for the traceback); called with `argv`, errors propagate.
+    """
+    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(subcommands) + "}")
@@ -40,7 +51,14 @@ def run_subcommands(
         if name == chosen:  # only the chosen command pays for its imports
             importlib.import_module(module).add_arguments(sp)
     args = parser.parse_args(argv)
-    return int(importlib.import_module(subcommands[args.command][0]).run(args) or 0)
+    try:
+        return int(importlib.import_module(subcommands[args.command][0]).run(args) or 0)
+    except USER_ERRORS as err:
+        if not from_command_line or os.environ.get(TRACEBACK_ENV):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"{prog} {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
