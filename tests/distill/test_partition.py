@@ -4,7 +4,6 @@ equals the intended weighted sum computed in one process without DeepSpeed."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ import pytest
 import torch
 
 from distill.config import GroupConfig, load_config
-from distill.engine import free_port
 from distill.partition import RankPlan, ranks_per_group
 
 WORKER = Path(__file__).with_name("partition_grad_worker.py")
@@ -55,14 +53,13 @@ def test_scales_make_the_update_the_weighted_sum():
 
 
 @pytest.mark.slow
-def test_two_rank_partitioned_gradient_equals_single_process(tmp_path):
+def test_two_rank_partitioned_gradient_equals_single_process(tmp_path, subprocess_env, free_port):
     out = tmp_path / "grads.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                f"--master_port={free_port()}", str(WORKER), str(out)]  # fmt: skip
-    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        command, env=subprocess_env, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     saved = torch.load(out, weights_only=True)
     assert saved["world"] == 2 and saved["assignments"] == 1  # each rank ran only its own group
