@@ -35,7 +35,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "purple": (150, 60, 190),
     "orange": (245, 140, 30),
 }
-SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")
+SHAPES = ("circle", "square", "triangle", "cross")  # four that differ at 16 px patches
 WORDS = ("cat", "sun", "box", "car", "tree", "fish", "bird", "book")
 SLOTS = ("left", "middle", "right")
 # (width, height): portrait, landscape and square, all small enough for a CPU demo
@@ -52,18 +52,21 @@ class Scene:
     height: int
     background: tuple[int, int, int]
     word: str
-    objects: tuple[tuple[str, str, str], ...]  # (slot, shape, color), slots distinct, shapes distinct
+    objects: tuple[tuple[str, str, str], ...]  # (slot, shape, color), slots distinct, one shape and color
 
     def shapes(self) -> set[str]:
         return {shape for _, shape, _ in self.objects}
 
 
 def sample_scene(rng: random.Random) -> Scene:
+    """1-3 copies of one coloured shape: every question is about a property of the whole image, which a
+    tiny LLaVA learns in a CPU budget (telling several different shapes apart by the question, binding,
+    takes it thousands of steps more)."""
     width, height = rng.choice(SIZES)
     count = rng.randint(1, 3)
     slots = sorted(rng.sample(SLOTS, count), key=SLOTS.index)
-    shapes = rng.sample(SHAPES, count)
-    colors = [rng.choice(list(COLORS)) for _ in range(count)]
+    shapes = [rng.choice(SHAPES)] * count
+    colors = [rng.choice(list(COLORS))] * count
     gray = rng.randint(200, 245)
     return Scene(width, height, (gray, gray, gray), rng.choice(WORDS), tuple(zip(slots, shapes, colors)))
 
@@ -127,16 +130,16 @@ PRESENCE_QUESTIONS = ("Is there a {}?", "Is there a {} in the image?")  # GQA/VQ
 
 def qa_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
     """Short-answer questions about one scene, as used for fine-tuning (shuffled): the color of every
-    shape, the shape in one slot, the count, the word, and one present and one absent shape."""
+    shape, the shape in one slot, the count, the word (twice: reading is the slowest skill to learn), and
+    one present and one absent shape."""
     slot, shape, _ = rng.choice(scene.objects)
     present = rng.choice(sorted(scene.shapes()))
     absent = rng.choice([s for s in SHAPES if s not in scene.shapes()])
-    word_question = rng.choice(TEXT_QUESTIONS) + rng.choice(["", OCR_LINE])
-    pairs = [(f"What color is the {s}?", c) for _, s, c in scene.objects]
+    pairs = [(f"What color is the {s}?", c) for s, c in sorted({(s, c) for _, s, c in scene.objects})]
     pairs += [
         (f"What shape is on the {slot}?", shape),
         ("How many shapes are there?", NUMBER_WORDS[len(scene.objects)]),
-        (word_question, scene.word),
+        *((question + rng.choice(["", OCR_LINE]), scene.word) for question in TEXT_QUESTIONS),
         (rng.choice(PRESENCE_QUESTIONS).format(present), "yes"),
         (rng.choice(PRESENCE_QUESTIONS).format(absent), "no"),
     ]
@@ -181,8 +184,12 @@ def _ten(answer: str, rng: random.Random, alternative: str | None = None) -> lis
     return answers
 
 
-def write_training_set(out: Path, rng: random.Random, num_images: int) -> set[Scene]:
-    """Returns the training scenes, which the test sets must not repeat."""
+def write_training_set(
+    out: Path, rng: random.Random, num_images: int, turns_per_conversation: int = 2
+) -> set[Scene]:
+    """Returns the training scenes, which the test sets must not repeat. Each image's questions are split
+    into conversations of `turns_per_conversation` turns: short conversations keep every answer close to
+    its image, as in the single-turn test prompts (a tiny LLM learns the image path much faster so)."""
     writer = _Writer(out / "images", rng)
     pretrain, finetune = [], []
     for i in range(num_images):
@@ -198,11 +205,13 @@ def write_training_set(out: Path, rng: random.Random, num_images: int) -> set[Sc
                 ],
             }
         )
-        turns = []
-        for k, (question, answer) in enumerate(qa_pairs(scene, rng)):
-            prompt = ("<image>\n" if k == 0 else "") + question + SUFFIX
-            turns += [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]
-        finetune.append({"id": f"ft{i:05d}", "image": name, "conversations": turns})
+        pairs = qa_pairs(scene, rng)
+        for c in range(0, len(pairs), turns_per_conversation):
+            turns = []
+            for k, (question, answer) in enumerate(pairs[c : c + turns_per_conversation]):
+                prompt = ("<image>\n" if k == 0 else "") + question + SUFFIX
+                turns += [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]
+            finetune.append({"id": f"ft{i:05d}_{c}", "image": name, "conversations": turns})
         if i % 10 == 0:  # LLaVA's mix has text-only conversations too
             finetune.append(
                 {
@@ -386,11 +395,19 @@ def write_vqav2(out: Path, rng: random.Random, num_questions: int, exclude: set[
     _dump_jsonl(out / "llava_vqav2_mscoco_val2014.jsonl", llava_rows)
 
 
-def make_demo_data(out: str | Path, seed: int = 0, num_train: int = 1200, num_test: int = 240) -> Path:
+def make_demo_data(
+    out: str | Path,
+    seed: int = 0,
+    num_train: int = 1200,
+    num_test: int = 240,
+    turns_per_conversation: int = 2,
+) -> Path:
     """Write the whole synthetic benchmark under `out`; each part gets its own seeded stream, and no test
     image shows a scene that a training image shows."""
     out = Path(out)
-    train = write_training_set(out / "train", random.Random(f"{seed}-train"), num_train)
+    train = write_training_set(
+        out / "train", random.Random(f"{seed}-train"), num_train, turns_per_conversation
+    )
     write_gqa(out / "eval" / "gqa", random.Random(f"{seed}-gqa"), num_test, train)
     write_textvqa(out / "eval" / "textvqa", random.Random(f"{seed}-textvqa"), num_test, train)
     write_pope(out / "eval" / "pope", random.Random(f"{seed}-pope"), num_test, train)
@@ -401,6 +418,9 @@ def make_demo_data(out: str | Path, seed: int = 0, num_train: int = 1200, num_te
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--turns-per-conversation", type=int, default=2, help="question turns per fine-tuning conversation"
+    )
     parser.add_argument("--num-train", type=int, default=1200, help="training images")
     parser.add_argument(
         "--num-test", type=int, default=240, help="questions per benchmark (>= 200 for the demo)"
@@ -408,6 +428,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = make_demo_data(args.out, seed=args.seed, num_train=args.num_train, num_test=args.num_test)
+    out = make_demo_data(args.out, args.seed, args.num_train, args.num_test, args.turns_per_conversation)
     print(f"wrote the synthetic benchmark to {out}")
     return 0
