@@ -130,8 +130,8 @@ PRESENCE_QUESTIONS = ("Is there a {}?", "Is there a {} in the image?")  # GQA/VQ
 
 def qa_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
     """Short-answer questions about one scene, as used for fine-tuning (shuffled): the color of every
-    shape, the shape in one slot, the count, the word (twice: reading is the slowest skill to learn), and
-    one present and one absent shape."""
+    shape, the shape in one slot, the count, the word, and one present and one absent shape; the word and
+    the presence questions in each phrasing (reading and matching are the slowest skills to learn)."""
     slot, shape, _ = rng.choice(scene.objects)
     present = rng.choice(sorted(scene.shapes()))
     absent = rng.choice([s for s in SHAPES if s not in scene.shapes()])
@@ -140,8 +140,11 @@ def qa_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
         (f"What shape is on the {slot}?", shape),
         ("How many shapes are there?", NUMBER_WORDS[len(scene.objects)]),
         *((question + rng.choice(["", OCR_LINE]), scene.word) for question in TEXT_QUESTIONS),
-        (rng.choice(PRESENCE_QUESTIONS).format(present), "yes"),
-        (rng.choice(PRESENCE_QUESTIONS).format(absent), "no"),
+        *(
+            (question.format(asked), answer)
+            for asked, answer in ((present, "yes"), (absent, "no"))
+            for question in PRESENCE_QUESTIONS
+        ),
     ]
     rng.shuffle(pairs)
     return pairs

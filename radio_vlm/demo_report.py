@@ -88,7 +88,11 @@ def _trainer_losses(run: Path) -> tuple[list[int], list[float]]:
     state = run / "trainer_state.json"
     if not state.is_file():
         return [], []
-    history = [h for h in json.loads(state.read_text())["log_history"] if "loss" in h]
+    log = json.loads(state.read_text())["log_history"]
+    # runs shorter than --logging-steps log only the summary: plot its mean loss at the last step
+    history = [h for h in log if "loss" in h] or [
+        {"step": h["step"], "loss": h["train_loss"]} for h in log if "train_loss" in h
+    ]
     return [h["step"] for h in history], [h["loss"] for h in history]
 
 
@@ -106,8 +110,9 @@ def write_figure(path: Path, runs: dict[str, Path], distill_run: Path, pca: Path
     for ax, stage in zip(axes[1:3], ("pretrain", "finetune")):
         for side, color in (("image", "tab:blue"), ("blind", "tab:gray")):
             steps, losses = _trainer_losses(runs[side] / stage)
-            ax.plot(steps, losses, color=color, label=side)
+            ax.plot(steps, losses, color=color, label=side, marker="." if len(steps) < 3 else None)
         ax.set_title(f"LLaVA {stage} loss")
+        ax.set_yscale("log")  # the first steps' loss would flatten the rest
         ax.legend()
     for ax in axes[:3]:
         ax.set_xlabel("step")
