@@ -161,25 +161,18 @@ def run_demo(out_dir: str | Path, config_path: str | Path = DEFAULT_CONFIG) -> d
     train = ["-m", "llava_patch.cli", "train", "--llm", str(llava["llm"])]
     train += ["--long-edge", str(llava["long_edge"]), *flags(llava.get("common") or {})]
     runs = {side: out / "llava" / side for side in SIDES}
-    pretrain = [
-        Stage(f"pretrain/{side}", [*train, "--stage", "pretrain", "--vision-tower", str(student_dir),
-              "--data", str(roots[side] / "train" / "pretrain.json"),
-              "--image-folder", str(roots[side] / "train" / "images"),
-              "--output-dir", str(runs[side] / "pretrain"), *flags(llava["pretrain"])],
-              logs / f"pretrain_{side}.log")
-        for side in SIDES
-    ]  # fmt: skip
-    timed("pretrain", pretrain)
-    finetune = [
-        Stage(f"finetune/{side}", [*train, "--stage", "finetune", "--vision-tower", str(student_dir),
-              "--pretrained-projector", str(runs[side] / "pretrain"),
-              "--data", str(roots[side] / "train" / "finetune.json"),
-              "--image-folder", str(roots[side] / "train" / "images"),
-              "--output-dir", str(runs[side] / "finetune"), *flags(llava["finetune"])],
-              logs / f"finetune_{side}.log")
-        for side in SIDES
-    ]  # fmt: skip
-    timed("finetune", finetune)
+
+    def llava_stage(stage: str, side: str, *extra: str) -> Stage:
+        """One `radio-llava train --stage <stage>` run of one side, on that side's (possibly blank) images."""
+        argv = [*train, "--stage", stage, "--vision-tower", str(student_dir), *extra,
+                "--data", str(roots[side] / "train" / f"{stage}.json"),
+                "--image-folder", str(roots[side] / "train" / "images"),
+                "--output-dir", str(runs[side] / stage), *flags(llava[stage])]  # fmt: skip
+        return Stage(f"{stage}/{side}", argv, logs / f"{stage}_{side}.log")
+
+    timed("pretrain", [llava_stage("pretrain", side) for side in SIDES])
+    projector = {side: ("--pretrained-projector", str(runs[side] / "pretrain")) for side in SIDES}
+    timed("finetune", [llava_stage("finetune", side, *projector[side]) for side in SIDES])
 
     # ---- 5. answer the four benchmarks' questions and score them
     owner = combined_questions(data / "eval", out / "llava" / "questions.jsonl")
