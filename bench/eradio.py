@@ -35,8 +35,8 @@ from transformers import RadioConfig, RadioModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from bench.tower import time_calls  # noqa: E402
-from radio_vlm.configuration_eradio import ERadioConfig  # noqa: E402
-from radio_vlm.modeling_eradio import ERadioModel  # noqa: E402
+from radio_vlm.models.configuration_eradio import ERadioConfig  # noqa: E402
+from radio_vlm.models.modeling_eradio import ERadioModel  # noqa: E402
 
 # E-RADIO-L = ERadioConfig's defaults = official `eradio` (radio_official.md section 5); the widths scaled:
 ERADIO_WIDTHS = ("dim", "in_dim", "full_features_head_dim", "cpb_mlp_hidden")

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from llava_patch.conversation import get_template, tokenizer_image_token  # noqa: E402
 from llava_patch.llm import load_llm  # noqa: E402
-from radio_vlm.image_processing_radio import RadioImageProcessor  # noqa: E402
+from radio_vlm.models.image_processing_radio import RadioImageProcessor  # noqa: E402
 
 CLIP_TOKENS = 576  # CLIP-L/14 at 336 px: (336 / 14)^2, LLaVA-1.5
 # (width, height) in px: VGA/COCO-style landscape and portrait, squares, HD

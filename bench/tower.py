@@ -29,7 +29,7 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel, RadioConfig, RadioModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from radio_vlm.image_processing_radio import RadioImageProcessor  # noqa: E402
+from radio_vlm.models.image_processing_radio import RadioImageProcessor  # noqa: E402
 
 # name -> (width, depth, heads); MLP width is 4x (ViT and CLIP alike).
 SIZES = {"s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "h": (1280, 32, 16)}

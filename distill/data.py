@@ -30,7 +30,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from distill.teachers import TeacherSpec
-from radio_vlm.image_io import load_image
+from radio_vlm.models.image_io import load_image
 
 logger = logging.getLogger(__name__)
 

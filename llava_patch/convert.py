@@ -55,10 +55,10 @@ from transformers import (
 )
 
 import radio_vlm  # noqa: F401  registers RadioLlavaVisionConfig for LlavaForConditionalGeneration.from_pretrained
+from llava_patch.vision_tower import RADIO_PREFIX, RadioVisionTower, parse_radio_tower_name
 from radio_vlm import RadioLlavaVisionConfig
 from radio_vlm.convert import read_state_dict
-from radio_vlm.image_processing_radio import RadioImageProcessor
-from radio_vlm.vision_tower import RADIO_PREFIX, RadioVisionTower, parse_radio_tower_name
+from radio_vlm.models.image_processing_radio import RadioImageProcessor
 
 from .processing import IMAGE_TAG, add_image_token
 

@@ -26,7 +26,7 @@ from radio_vlm import (  # importing radio_vlm registers its Auto classes
     RadioLlavaVisionModel,
     RadioWithAdaptors,
 )
-from radio_vlm.image_processing_radio import RadioImageProcessor
+from radio_vlm.models.image_processing_radio import RadioImageProcessor
 from radio_vlm.tiny import build_tiny_radio, list_tiny_models
 
 from .llm import load_llm

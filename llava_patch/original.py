@@ -3,7 +3,7 @@
 `install()` does three things to an imported `llava`, each idempotent:
 
 1. **Tower builder.** `build_vision_tower` accepts `radio:<path-or-tiny-name>[:k=v,...]` (see
-   `radio_vlm.vision_tower.parse_radio_tower_name`) and returns a `radio_vlm.RadioVisionTower`; every
+   `llava_patch.vision_tower.parse_radio_tower_name`) and returns a `radio_vlm.RadioVisionTower`; every
    other name goes to LLaVA's own builder. `llava.model.llava_arch` copied the builder at import time
    (`from .multimodal_encoder.builder import build_vision_tower`), so every loaded module that holds the
    original function by name is patched, not only the builder module.
@@ -26,7 +26,7 @@ import torch
 from llava_patch.conversation import IGNORE_INDEX
 from llava_patch.conversation import LLAVA_IMAGE_TOKEN_INDEX as IMAGE_TOKEN_INDEX
 
-# radio_vlm.vision_tower.RADIO_PREFIX, repeated so that install() does not import the RADIO model code
+# llava_patch.vision_tower.RADIO_PREFIX, repeated so that install() does not import the RADIO model code
 RADIO_PREFIX = "radio:"
 
 _ORIGINALS: dict[str, object] = {}
@@ -55,7 +55,7 @@ def build_vision_tower(vision_tower_cfg, **kwargs):
     """LLaVA's `build_vision_tower` with `radio:...` names added (`delay_load` etc. pass through)."""
     name = getattr(vision_tower_cfg, "mm_vision_tower", getattr(vision_tower_cfg, "vision_tower", None))
     if isinstance(name, str) and name.startswith(RADIO_PREFIX):
-        from radio_vlm.vision_tower import RadioVisionTower
+        from llava_patch.vision_tower import RadioVisionTower
 
         return RadioVisionTower(name, args=vision_tower_cfg, **kwargs)
     return _ORIGINALS["build_vision_tower"](vision_tower_cfg, **kwargs)

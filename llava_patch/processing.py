@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, BatchFeature
 
-from radio_vlm.image_io import ImageSource
-from radio_vlm.image_processing_radio import RadioImageProcessor
+from radio_vlm.models.image_io import ImageSource
+from radio_vlm.models.image_processing_radio import RadioImageProcessor
 
 from .conversation import IMAGE_TAG, TokenizedConversation, expand_image_tokens, tokenizer_image_token
 from .llm import configure_tokenizer

@@ -2,13 +2,18 @@
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
-from .configuration_eradio import ERadioConfig
-from .configuration_radio_llava import RadioLlavaVisionConfig
-from .configuration_radio_with_adaptors import RadioWithAdaptorsConfig
-from .image_processing_radio import RadioImageProcessor
-from .modeling_eradio import ERadioModel, ERadioModelOutput
-from .modeling_radio_llava import RadioLlavaVisionModel
-from .modeling_radio_with_adaptors import RadioOutput, RadioWithAdaptors, RadioWithAdaptorsOutput, Resolution
+from .models.configuration_eradio import ERadioConfig
+from .models.configuration_radio_llava import RadioLlavaVisionConfig
+from .models.configuration_radio_with_adaptors import RadioWithAdaptorsConfig
+from .models.image_processing_radio import RadioImageProcessor
+from .models.modeling_eradio import ERadioModel, ERadioModelOutput
+from .models.modeling_radio_llava import RadioLlavaVisionModel
+from .models.modeling_radio_with_adaptors import (
+    RadioOutput,
+    RadioWithAdaptors,
+    RadioWithAdaptorsOutput,
+    Resolution,
+)
 
 AutoConfig.register(RadioWithAdaptorsConfig.model_type, RadioWithAdaptorsConfig, exist_ok=True)
 AutoModel.register(RadioWithAdaptorsConfig, RadioWithAdaptors, exist_ok=True)

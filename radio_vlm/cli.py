@@ -18,16 +18,16 @@ TRACEBACK_ENV = "RADIO_VLM_TRACEBACK"
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "convert": ("radio_vlm.convert", "convert an official RADIO .pth.tar or HF folder to a model folder"),
+    "convert": ("radio_vlm.convert.cli", "convert an official RADIO .pth.tar or HF folder to a model folder"),
     "export": (
         "radio_vlm.export",
         "re-save a model folder with its code, for trust_remote_code without radio_vlm",
     ),
-    "demo-data": ("radio_vlm.demo_data", "write the synthetic benchmark (LLaVA + official eval formats)"),
+    "demo-data": ("radio_vlm.demo.data", "write the synthetic benchmark (LLaVA + official eval formats)"),
     "features": ("radio_vlm.features", "summary and dense features of images, saved as safetensors"),
     "visualize": ("radio_vlm.visualize", "PCA picture of an image's dense features (AM-RADIO Figure 1)"),
     "demo": (
-        "radio_vlm.demo",
+        "radio_vlm.demo.driver",
         "the whole pipeline on a CPU: demo data, distil, LLaVA pretrain + fine-tune, 4 benchmarks vs blind",
     ),
 }

@@ -14,8 +14,8 @@ PROCESSOR_FILE = "preprocessor_config.json"
 
 def export_model(src: str | Path, out: str | Path) -> Path:
     """Load the `RadioWithAdaptors` folder `src` and save it to `out` with code files and `auto_map`."""
-    from .image_processing_radio import RadioImageProcessor
-    from .modeling_radio_with_adaptors import RadioWithAdaptors
+    from .models.image_processing_radio import RadioImageProcessor
+    from .models.modeling_radio_with_adaptors import RadioWithAdaptors
 
     src, out = Path(src), Path(out)
     if not (src / "config.json").is_file():

@@ -24,8 +24,8 @@ import PIL.Image
 import torch
 from tqdm import tqdm
 
-from .image_io import load_image
-from .image_processing_radio import RadioImageProcessor
+from .models.image_io import load_image
+from .models.image_processing_radio import RadioImageProcessor
 
 
 def load_model_and_processor(path: str | Path, device: str = "cpu"):

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from .configuration_radio_with_adaptors import RadioWithAdaptorsConfig
-from .modeling_radio_with_adaptors import RadioWithAdaptors
+from .models.configuration_radio_with_adaptors import RadioWithAdaptorsConfig
+from .models.modeling_radio_with_adaptors import RadioWithAdaptors
 
 _VIT_32 = {
     "hidden_size": 32,

@@ -15,7 +15,7 @@ import PIL.Image
 import torch
 
 from .features import add_model_arguments, encode_images, load_model_and_processor
-from .image_io import load_image
+from .models.image_io import load_image
 
 # Robust min/max: the percentiles that map to 0 and 1 in each colour channel.
 ROBUST_QUANTILES = (0.01, 0.99)

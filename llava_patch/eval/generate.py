@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from llava_patch.conversation import IMAGE_TAG, get_template
 from llava_patch.eval.io import EvalInputError, check_question_id, read_jsonl
-from radio_vlm.image_io import load_image
+from radio_vlm.models.image_io import load_image
 
 CONV_MODE = "vicuna_v1"  # scripts/v1_5/eval/*.sh pass --conv-mode vicuna_v1
 MAX_NEW_TOKENS = 128  # model_vqa_loader.py default

@@ -18,7 +18,7 @@ import llava_patch
 from llava_patch.compat import rename_flags
 from llava_patch.llm import build_tiny_llama
 from llava_patch.original import _ORIGINALS
-from radio_vlm.vision_tower import RadioVisionTower, parse_radio_tower_name
+from llava_patch.vision_tower import RadioVisionTower, parse_radio_tower_name
 
 TOWER = "radio:tiny-radio:long_edge=48"
 

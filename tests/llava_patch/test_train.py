@@ -15,7 +15,7 @@ from llava_patch.checkpoints import load_projector
 from llava_patch.cli import main
 from llava_patch.merge_lora import merge_lora
 from llava_patch.model import build, load_pretrained
-from radio_vlm.demo_data import write_training_set
+from radio_vlm.demo.data import write_training_set
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from transformers import AutoImageProcessor, AutoModel
 
 from radio_vlm.cli import main
-from radio_vlm.image_processing_radio import RadioImageProcessor
+from radio_vlm.models.image_processing_radio import RadioImageProcessor
 from radio_vlm.tiny import build_tiny_radio
 from radio_vlm.visualize import pca_picture, pca_rgb
 

@@ -14,7 +14,7 @@ from transformers import AutoModel
 
 from radio_vlm.cli import main
 from radio_vlm.convert import convert_official, read_state_dict
-from radio_vlm.image_processing_radio import RadioImageProcessor
+from radio_vlm.models.image_processing_radio import RadioImageProcessor
 
 TOL = 1e-5  # fixture README: max |diff| <= 1e-5 in float32 for every tensor
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from radio_vlm import demo, demo_stages
-from radio_vlm.demo_report import BENCHMARKS
+from radio_vlm.demo import driver as demo
+from radio_vlm.demo import stages as demo_stages
+from radio_vlm.demo.report import BENCHMARKS
 
 REPO = Path(__file__).resolve().parents[2]
 

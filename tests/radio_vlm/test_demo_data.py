@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from radio_vlm.demo_data import SUFFIX, _Writer, make_demo_data, sample_scene
+from radio_vlm.demo.data import SUFFIX, _Writer, make_demo_data, sample_scene
 
 
 def _digest(root: Path) -> dict[str, str]:

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 import radio_vlm
 from radio_vlm import ERadioConfig, ERadioModel, RadioWithAdaptors, RadioWithAdaptorsConfig
-from radio_vlm.convert_eradio import (
+from radio_vlm.convert.eradio import (
     convert_eradio_checkpoint,
     eradio_config_from_constructor,
     find_constructor,
@@ -206,8 +206,8 @@ def test_cli_convert_with_constructor_option(tmp_path, fixture_files):
 
 def test_packed_input_and_llava_tower(fixture_files, converted):
     """Packed differently sized images (the LLaVA tower's input) give each image's own outputs."""
-    from radio_vlm.image_processing_radio import patchify
-    from radio_vlm.modeling_radio_llava import RadioLlavaVisionModel
+    from radio_vlm.models.image_processing_radio import patchify
+    from radio_vlm.models.modeling_radio_llava import RadioLlavaVisionModel
 
     _, _, inputs, expected = fixture_files
     config, state_dict = converted

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from radio_vlm.cli import main
-from radio_vlm.image_processing_radio import RadioImageProcessor
+from radio_vlm.models.image_processing_radio import RadioImageProcessor
 from radio_vlm.tiny import build_tiny_radio
 
 BLOCKED_LOAD = textwrap.dedent(

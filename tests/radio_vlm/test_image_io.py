@@ -1,4 +1,4 @@
-"""radio_vlm.image_io: every image kind becomes RGB; every bad input names the image and the problem."""
+"""radio_vlm.models.image_io: every image kind becomes RGB; every bad input names the image and the problem."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import PIL.Image
 import pytest
 import torch
 
-from radio_vlm.image_io import load_image, load_image_tensor
+from radio_vlm.models.image_io import load_image, load_image_tensor
 
 
 def _gradient(height=6, width=10) -> np.ndarray:

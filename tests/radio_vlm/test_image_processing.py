@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import RadioConfig, RadioModel
 
-from radio_vlm.image_processing_radio import OPENAI_CLIP_MEAN, RadioImageProcessor, patchify
+from radio_vlm.models.image_processing_radio import OPENAI_CLIP_MEAN, RadioImageProcessor, patchify
 
 # (width, height) in px: photos, both orientations, extremes.
 ASPECTS = [
@@ -148,7 +148,7 @@ def test_packed_forward_equals_per_image():
 
 
 def test_from_model_config_and_round_trip(tmp_path):
-    from radio_vlm.configuration_radio_with_adaptors import RadioWithAdaptorsConfig
+    from radio_vlm.models.configuration_radio_with_adaptors import RadioWithAdaptorsConfig
 
     config = RadioWithAdaptorsConfig(
         backbone_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,

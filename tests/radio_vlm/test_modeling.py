@@ -8,8 +8,8 @@ from transformers import AutoConfig, AutoModel
 
 import radio_vlm
 from radio_vlm import RadioWithAdaptors, RadioWithAdaptorsConfig
+from radio_vlm.models.windowing import vitdet_schedule
 from radio_vlm.tiny import build_tiny_radio, list_tiny_models, tiny_radio_config
-from radio_vlm.windowing import vitdet_schedule
 
 
 def to_patches(image: torch.Tensor, patch: int = 16) -> torch.Tensor:
@@ -280,7 +280,7 @@ def test_mlp_v1_heads_run():
 
 def test_processor_outputs_feed_the_model(model):
     """`model(**processor(images))`: dense batches ignore image_grid_hw, packed ones use it."""
-    from radio_vlm.image_processing_radio import RadioImageProcessor
+    from radio_vlm.models.image_processing_radio import RadioImageProcessor
 
     processor = RadioImageProcessor.from_model_config(model.config)
     wide, tall = torch.rand(3, 48, 64), torch.rand(3, 64, 48)

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import yaml
 
-from .demo_data import make_demo_data
-from .demo_report import BENCHMARKS, benchmark_score, student_check, write_results
-from .demo_stages import Stage, blank_images, run_stages
+from .data import make_demo_data
+from .report import BENCHMARKS, benchmark_score, student_check, write_results
+from .stages import Stage, blank_images, run_stages
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo" / "demo.yaml"
 SIDES = ("image", "blind")  # the model that sees the images, and the blind baseline

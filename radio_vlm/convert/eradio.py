@@ -19,8 +19,14 @@ from typing import Any
 
 import torch
 
-from .configuration_eradio import ERadioConfig
-from .modeling_eradio import ERadioModel
+from ..models.configuration_eradio import ERadioConfig
+from ..models.configuration_radio_with_adaptors import RadioWithAdaptorsConfig
+from ..models.modeling_eradio import ERadioModel
+from ..models.modeling_radio_with_adaptors import RadioWithAdaptors
+from .adaptors import adaptor_specs, normalizer_weights
+from .checkpoint import checkpoint_state, strip_module
+from .releases import release_metadata
+from .spectral import bake_spectral
 
 # `ERADIO(...)` keyword arguments of the official registered builders (radio/eradio_model.py,
 # reference/radio_official.md section 5). Builders with conv_base=False (the *_8x_* variants, which
@@ -234,3 +240,32 @@ def _check_against_model(config: ERadioConfig, state_dict: dict[str, torch.Tenso
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
             f"shape mismatches {wrong[:5]}"
         )
+
+
+def convert_eradio(
+    source: Path,
+    checkpoint: dict,
+    args: dict,
+    align_corners: bool,
+    version: str | None,
+    constructor: str | Path | None,
+) -> RadioWithAdaptors:
+    """An official E-RADIO `.pth.tar` (already unpickled) as a `RadioWithAdaptors` with its heads and normalizers."""
+    constructor_path = Path(constructor) if constructor else find_constructor(source)
+    constructor = load_constructor(constructor_path) if constructor_path else None
+    backbone_config, backbone_state = convert_eradio_checkpoint(checkpoint, constructor)
+    state = bake_spectral(strip_module(checkpoint_state(checkpoint)), source)
+    args = {**args, "cls_token_per_teacher": False}  # E-RADIO has no CLS tokens: every head reads the summary
+    adaptors, adaptor_state = adaptor_specs(args, state, None, source)
+    normalizer_config, normalizer_state = normalizer_weights(state)
+    config = RadioWithAdaptorsConfig(
+        backbone_config=backbone_config,
+        adaptors=adaptors,
+        pos_embed_align_corners=align_corners,
+        **normalizer_config,
+        **release_metadata(source, None, args, 16, version or "e-radio_v2"),
+    )
+    model = RadioWithAdaptors(config)
+    weights = {"backbone." + k: v for k, v in backbone_state.items()} | adaptor_state | normalizer_state
+    model.load_state_dict(weights)
+    return model.eval()

@@ -17,9 +17,9 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-from .features import encode_images, load_model_and_processor
-from .image_io import load_image
-from .visualize import pca_picture
+from ..features import encode_images, load_model_and_processor
+from ..models.image_io import load_image
+from ..visualize import pca_picture
 
 BENCHMARKS = ("gqa", "textvqa", "pope", "vqav2")
 MARGIN = 25.0  # points a benchmark must score above its blind baseline (issue 6, "Budget")

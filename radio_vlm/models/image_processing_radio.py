@@ -216,7 +216,7 @@ class RadioImageProcessor(BaseImageProcessor):
     ) -> BatchFeature:
         """Resize, pad and batch `images` (see the class docstring for the returned fields and shapes).
 
-        `images` is one image or a list of images of any kind `radio_vlm.image_io.load_image` reads, or a
+        `images` is one image or a list of images of any kind `radio_vlm.models.image_io.load_image` reads, or a
         4-D batch (B, C, H, W) tensor / (B, H, W, C) array. Errors name the image by its index (and path).
         `resize_mode`, `long_edge` and `pack` override the processor's settings for this call.
         `return_tensors`: "pt" (default, also for None) or "np".

@@ -33,11 +33,11 @@ import torch
 from torch import nn
 from transformers import AutoConfig
 
-from .configuration_radio_llava import RadioLlavaVisionConfig, parse_feature_source
-from .image_processing_radio import RadioImageProcessor
-from .modeling_radio_llava import RadioLlavaVisionModel
-from .modeling_radio_with_adaptors import RadioWithAdaptors
-from .tiny import build_tiny_radio, list_tiny_models, tiny_radio_config
+from radio_vlm.models.configuration_radio_llava import RadioLlavaVisionConfig, parse_feature_source
+from radio_vlm.models.image_processing_radio import RadioImageProcessor
+from radio_vlm.models.modeling_radio_llava import RadioLlavaVisionModel
+from radio_vlm.models.modeling_radio_with_adaptors import RadioWithAdaptors
+from radio_vlm.tiny import build_tiny_radio, list_tiny_models, tiny_radio_config
 
 RADIO_PREFIX = "radio:"
 _NAME = re.compile(r"^radio:(?P<source>.+?)(?::(?P<options>[a-z_]+=.*))?$")

@@ -1,0 +1,48 @@
+"""Baking spectral-reparametrised weights (`<m>.parametrizations.weight.*`) into plain weights, as the official loader does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def bake_spectral(state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """Replace `<m>.parametrizations.weight.*` with plain `<m>.weight`, as the official loader bakes them.
+
+    The loader un-parametrises in training mode, so one power iteration runs first (fixture README):
+    u = normalize(W v), v = normalize(W^T u), sigma = u^T W v + 1e-6, W' = W * s / sigma with
+    s = softplus(scale) + 0.05 (`_sn_version` 2) or s = scale (version 1); qkv is baked per q/k/v part.
+    """
+    originals = [k for k in state if k.endswith(".parametrizations.weight.original")]
+    state = dict(state)
+    for key in originals:
+        module = key.removesuffix(".parametrizations.weight.original")
+        weight = state.pop(key).float()
+        prefix = f"{module}.parametrizations.weight.0."
+        params = {k.removeprefix(prefix): state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
+        num_parts = len({k.split(".")[1] for k in params if k.startswith("parts.")})
+        parts = weight.chunk(num_parts) if num_parts else [weight]
+        baked = []
+        for i, part in enumerate(parts):
+            sub = f"parts.{i}." if num_parts else ""
+            try:
+                scale, v, version = params[sub + "scale"], params[sub + "_v"], params.get(sub + "_sn_version")
+            except KeyError as err:
+                raise ValueError(
+                    f"{source}: spectral parametrisation of {module} lacks {sub}{err.args[0]}"
+                ) from err
+            version = int(version) if version is not None else 2
+            if version not in (1, 2):
+                raise ValueError(f"{source}: {module} has unsupported spectral _sn_version {version}")
+            u = F.normalize(part @ v.float(), dim=0, eps=1e-6)
+            v = F.normalize(part.T @ u, dim=0, eps=1e-6)
+            sigma = u @ part @ v + 1e-6
+            s = F.softplus(scale.float()) + 0.05 if version == 2 else scale.float()
+            baked.append(part * s.reshape(()) / sigma)
+        state[f"{module}.weight"] = torch.cat(baked)
+    leftover = [k for k in state if ".parametrizations." in k]
+    if leftover:
+        raise ValueError(f"{source}: unsupported parametrisation keys, e.g. {leftover[:3]}")
+    return state
