@@ -23,15 +23,16 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import image_utils
 
-# Normalisation constants, as the teachers were trained (open_clip/constants.py, SAM's build_sam.py
-# pixel_mean/std /255, DINOv2's and SigLIP's image processor configs).
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-SIGLIP_MEAN = (0.5, 0.5, 0.5)
-SIGLIP_STD = (0.5, 0.5, 0.5)
+# Normalisation constants, as the teachers were trained (transformers.image_utils: OpenAI CLIP's; ImageNet's for
+# DINOv2 and SAM, whose build_sam.py pixel_mean/std are these x 255; 0.5 for SigLIP's image processor)
+OPENAI_CLIP_MEAN, OPENAI_CLIP_STD = tuple(image_utils.OPENAI_CLIP_MEAN), tuple(image_utils.OPENAI_CLIP_STD)
+IMAGENET_MEAN, IMAGENET_STD = (
+    tuple(image_utils.IMAGENET_DEFAULT_MEAN),
+    tuple(image_utils.IMAGENET_DEFAULT_STD),
+)
+SIGLIP_MEAN, SIGLIP_STD = tuple(image_utils.IMAGENET_STANDARD_MEAN), tuple(image_utils.IMAGENET_STANDARD_STD)
 
 LOADERS = ("open_clip", "hf_clip", "hf_siglip", "hf_dinov2", "hf_dinov2_reg", "segment_anything")
 

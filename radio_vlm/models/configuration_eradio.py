@@ -7,10 +7,9 @@ The defaults are E-RADIO-L, the official `eradio` = `eradio_large_fullres_ws16` 
 from __future__ import annotations
 
 from transformers import PreTrainedConfig
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 # OpenAI CLIP mean/std, the official RADIO input conditioner's constants (radio_official.md 1.4)
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class ERadioConfig(PreTrainedConfig):
@@ -58,8 +57,8 @@ class ERadioConfig(PreTrainedConfig):
     neck_start_stage: int = 2
     layer_norm_eps: float = 1e-5
     batch_norm_eps: float = 1e-5
-    norm_mean: list[float] | tuple[float, float, float] = OPENAI_CLIP_MEAN
-    norm_std: list[float] | tuple[float, float, float] = OPENAI_CLIP_STD
+    norm_mean: list[float] | tuple[float, float, float] = tuple(OPENAI_CLIP_MEAN)
+    norm_std: list[float] | tuple[float, float, float] = tuple(OPENAI_CLIP_STD)
     max_img_size: int = 2048
     initializer_range: float = 0.02
 

@@ -32,13 +32,13 @@ import torch
 import torch.nn.functional as F
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_utils import OPENAI_CLIP_MEAN
 from transformers.processing_utils import ImagesKwargs
 
 from .image_io import ImageSource, load_image_tensor
 
 # The input conditioner's mean (OpenAI CLIP), used as the pad colour when no model config is given
 # (reference radio_official.md 1.4).
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 RESIZE_MODES = ("long_edge", "nearest_supported", "square")
 _UNSET = object()
 
@@ -99,7 +99,7 @@ class RadioImageProcessor(BaseImageProcessor):
         patch_size: int = 16,
         min_resolution_step: int | None = None,
         max_resolution: int = 2048,
-        pad_value: Sequence[float] = OPENAI_CLIP_MEAN,
+        pad_value: Sequence[float] = tuple(OPENAI_CLIP_MEAN),
         pack: bool | None = None,
         **kwargs,
     ) -> None:

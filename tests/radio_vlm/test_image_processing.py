@@ -9,8 +9,9 @@ import PIL.Image
 import pytest
 import torch
 from transformers import RadioConfig, RadioModel
+from transformers.image_utils import OPENAI_CLIP_MEAN
 
-from radio_vlm.models.image_processing_radio import OPENAI_CLIP_MEAN, RadioImageProcessor, patchify
+from radio_vlm.models.image_processing_radio import RadioImageProcessor, patchify
 
 # (width, height) in px: photos, both orientations, extremes.
 ASPECTS = [
