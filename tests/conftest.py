@@ -1,4 +1,4 @@
-"""Shared test helpers: where the official fixtures live, deterministic CPU settings, and what a test needs
+"""Shared test helpers: where the official fixtures live (tests/fixtures), deterministic CPU settings, and what a test needs
 to launch a child Python (its environment, a free port for torchrun)."""
 
 from __future__ import annotations
@@ -13,17 +13,13 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def shared_dir() -> Path:
-    """The project's read-only `shared/` folder: beside the checkout (CI and sessions), or $RADIO_VLM_SHARED."""
-    return Path(os.environ.get("RADIO_VLM_SHARED", REPO_ROOT.parent / "shared")).resolve()
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    path = shared_dir() / "fixtures"
-    if not path.is_dir():
-        pytest.fail(f"official fixtures not found at {path}: set RADIO_VLM_SHARED to the shared/ folder")
-    return path
+    """The official reference fixtures, copied into the repository (tests/fixtures/README.md says from where)."""
+    return FIXTURES_DIR
 
 
 @pytest.fixture(scope="module")
