@@ -33,7 +33,7 @@ from .data import make_demo_data
 from .report import BENCHMARKS, benchmark_score, student_check, write_results
 from .stages import Stage, blank_images, run_stages
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo" / "demo.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo" / "demo.yaml"
 SIDES = ("image", "blind")  # the model that sees the images, and the blind baseline
 # Benchmark -> (LLaVA question file, image folder), relative to DIR/data/eval/<benchmark> (demo_data layout)
 QUESTIONS = {
