@@ -157,3 +157,9 @@ def test_flags_and_config_errors(tmp_path):
     (tmp_path / "c.yaml").write_text("data: {}\n")
     with pytest.raises(ValueError, match="section 'distill' is missing"):
         demo.load_demo_config(tmp_path / "c.yaml")
+
+
+def test_default_config_is_the_repository_demo_config():
+    """`make demo` passes no --config: the default must be configs/demo/demo.yaml of this checkout."""
+    assert Path(__file__).resolve().parents[2] / "configs" / "demo" / "demo.yaml" == demo.DEFAULT_CONFIG
+    assert demo.DEFAULT_CONFIG.is_file()
