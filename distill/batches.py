@@ -1,21 +1,25 @@
 """Batches for each rank group, in an order that is a function of the step alone.
 
-Global sample number n (from `RankPlan.sample_indices`) reads image `perm_e[n % N]` of epoch
-e = n // N, where perm_e is a seeded permutation of the N training images; the view of that image is a
-function of (seed, epoch, index) (`distill.data`). A resumed run therefore rebuilds exactly the batches
-the interrupted one would have seen, with no sampler state to save. Held-out images for the final
-evaluation are never trained on: a separately seeded synthetic pool, the last `eval_images` images of a
-folder or of scikit-image's photos, or `data.eval_path`.
+Global sample number n (from `RankPlan.sample_indices`) reads image `perm_e(n % N)` of epoch
+e = n // N, where perm_e is a seeded pseudo-random permutation of [0, N) evaluated in O(1) time and memory
+(`FeistelPermutation`: 10^9 images cost what 10^3 do); the view of that image is a function of
+(seed, epoch, index) (`distill.data`). A resumed run therefore rebuilds exactly the batches the interrupted
+one would have seen, with no sampler state to save. Held-out images for the final evaluation are never
+trained on: a separately seeded synthetic pool, the last `eval_images` images of a folder (its index) or of
+scikit-image's photos, or `data.eval_path`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+from collections.abc import Callable, Iterator, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
 
-import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
-from distill.config import DataConfig, GroupConfig
+from distill.config import ConfigError, DataConfig, GroupConfig
 from distill.data import (
     DistillBatch,
     DistillDataset,
@@ -26,8 +30,11 @@ from distill.data import (
     WebDatasetStream,
     collate_distill,
 )
+from distill.index import FileIndex, build_index
 from distill.partition import RankPlan
 from distill.teachers import TeacherSpec
+
+T = TypeVar("T")
 
 # Seed offset of the held-out synthetic pool, so it shares no image with the training pool.
 EVAL_SEED_OFFSET = 1_000_003
@@ -73,8 +80,21 @@ def _held_out_split(source, eval_images: int, what: str):
     )
 
 
-def build_sources(data: DataConfig, seed: int):
-    """(training source, held-out source) for the config's `data` section."""
+def _single_process(fn: Callable[[], T]) -> T:
+    return fn()
+
+
+def build_sources(
+    data: DataConfig,
+    seed: int,
+    index_dir: str | Path | None = None,
+    on_main: Callable[[Callable[[], Any]], Any] = _single_process,
+):
+    """(training source, held-out source) for the config's `data` section.
+
+    Folder sources need `index_dir` (the run's `data_index/`): their file lists are written there once by
+    `on_main` (the run's `Collectives.on_main`: rank 0 alone, errors raised on every rank) and then opened
+    by every rank."""
     if data.source == "synthetic":
         train = _Cached(SyntheticSource(num_images=data.num_images, seed=seed))
         held_out = SyntheticSource(num_images=data.eval_images, seed=seed + EVAL_SEED_OFFSET)
@@ -92,7 +112,7 @@ def build_sources(data: DataConfig, seed: int):
     elif data.source == "folder":
         if data.path is None:
             raise ValueError("data.path: the image folder to train on (data.source is 'folder')")
-        source = ImageFolderSource(data.path)
+        source = _folder(index_dir, "train", data.path, data.index, on_main)
         if data.eval_path is None:
             train, held_out = _held_out_split(source, data.eval_images, f"image folder {data.path}")
         else:
@@ -102,15 +122,73 @@ def build_sources(data: DataConfig, seed: int):
             f"data.source: unknown {data.source!r}; choose synthetic, skimage, folder or webdataset"
         )
     if data.eval_path is not None:
-        held_out = ImageFolderSource(data.eval_path)
+        held_out = _folder(index_dir, "eval", data.eval_path, None, on_main)
     return train, held_out
 
 
+def _folder(index_dir, name: str, root: str, list_file: str | None, on_main) -> ImageFolderSource:
+    """The folder `root` through its file index `index_dir/name`, written and checked once per run."""
+    if index_dir is None:
+        raise ValueError("folder sources need the run's index directory: build_sources(..., index_dir=...)")
+    folder = Path(index_dir) / name
+    on_main(lambda: len(build_index(folder, root, list_file)))
+    return ImageFolderSource(root, FileIndex(folder))
+
+
+_M64 = (1 << 64) - 1
+
+
+def _mix64(z: int) -> int:
+    """splitmix64's finaliser: a bijective 64-bit mix whose every output bit depends on every input bit."""
+    z = (z + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+class FeistelPermutation:
+    """A keyed pseudo-random permutation of [0, n), evaluated per index in O(1) time and memory.
+
+    A balanced 4-round Feistel network (Luby-Rackoff: a pseudo-random permutation for a pseudo-random round
+    function, here splitmix64 of (key, round, half)) on the smallest even number of bits covering n, made a
+    permutation of [0, n) by cycle walking: re-encrypt while the result is >= n (the domain is < 4n, so
+    under 4 encryptions on average).
+    """
+
+    ROUNDS = 4
+
+    def __init__(self, n: int, key: int) -> None:
+        if n < 1:
+            raise ValueError(f"a permutation needs n >= 1, got {n}")
+        self.n, self.key = n, key & _M64
+        self.half = max(1, ((n - 1).bit_length() + 1) // 2)
+        self.mask = (1 << self.half) - 1
+
+    def _encrypt(self, x: int) -> int:
+        left, right = x >> self.half, x & self.mask
+        for r in range(self.ROUNDS):
+            left, right = right, left ^ (_mix64(self.key ^ _mix64((r << 56) ^ right)) & self.mask)
+        return (left << self.half) | right
+
+    def __call__(self, index: int) -> int:
+        if not 0 <= index < self.n:
+            raise IndexError(f"{index} is outside [0, {self.n})")
+        value = self._encrypt(index)
+        while value >= self.n:
+            value = self._encrypt(value)
+        return value
+
+
+@lru_cache(maxsize=64)
+def epoch_permutation(num_images: int, seed: int, epoch: int) -> FeistelPermutation:
+    """The image order of `epoch`: keyed by (seed, epoch)."""
+    return FeistelPermutation(num_images, random.Random(f"{seed}/{epoch}/images").getrandbits(64))
+
+
 def sample_item(number: int, num_images: int, seed: int) -> tuple[int, int]:
-    """(epoch, image index) read by global sample `number`: a seeded shuffle per epoch."""
+    """(epoch, image index) read by global sample `number`: a seeded shuffle per epoch, O(1) per sample."""
     epoch = number // num_images
-    order = np.random.default_rng([seed, epoch, 7]).permutation(num_images)
-    return epoch, int(order[number % num_images])
+    return epoch, epoch_permutation(num_images, seed, epoch)(number % num_images)
 
 
 class _StepBatches(Sampler):
@@ -161,53 +239,98 @@ class GroupBatches:
 class ShardBatches:
     """WebDataset tar shards (DataComp style) streamed per group this rank runs (`group_sampling: fixed`).
 
-    Shards are dealt to the ranks of a group (`distill.data.WebDatasetStream`); a group's position on this
-    rank, (epoch, batches read in the epoch), is returned by `state()` for the checkpoint and given back on
-    resume, so the stream continues where it stopped.
+    Shards are dealt to the ranks of a group (`distill.data.WebDatasetStream`). A group's position on this
+    rank (epoch, every worker role's cursor, the role whose batch comes next) follows the batches taken;
+    `state()` returns it for the checkpoint and `position=` gives it back on resume, so the stream continues
+    exactly where it stopped, mid-epoch or at an epoch boundary, with any number of DataLoader workers (the
+    same number as before: a worker's shards depend on it).
     """
 
     def __init__(self, urls: str, groups: list[GroupConfig], specs: dict[str, TeacherSpec], plan: RankPlan,
                  data: DataConfig, seed: int, position: dict | None = None) -> None:  # fmt: skip
         if plan.sampling != "fixed":
             raise ValueError("data.source 'webdataset' needs distributed.group_sampling: fixed")
-        self.num_workers, self.streams, self.position, self._iterators = data.num_workers, {}, {}, {}
+        self.num_workers = max(1, data.num_workers)
+        self.streams: dict[int, WebDatasetStream] = {}
+        self.position: dict[int, dict] = {}
+        self._iterators: dict[int, Iterator[DistillBatch]] = {}
+        self._loader_workers = data.num_workers
         for assignment in plan.assignments(0):
             group = groups[assignment.group]
             view = DistillView(
                 group.resolution, [specs[t] for t in group.teachers], data.min_scale, data.max_scale
             )
-            self.streams[assignment.group] = WebDatasetStream(
+            stream = WebDatasetStream(
                 urls, view, group.batch_size, seed, rank=assignment.slot, world_size=assignment.num_slots
             )
-            self.position[assignment.group] = list((position or {}).get(str(assignment.group), (0, 0)))
-            self._restart(assignment.group)
+            self.streams[assignment.group] = stream
+            saved = (position or {}).get(str(assignment.group))
+            self.position[assignment.group] = self._resumed(saved, assignment.group, assignment.num_slots)
+        # Every rank checks every group, so a group with too few shards stops all ranks, not only its own.
+        num_shards = len(next(iter(self.streams.values())).urls)
+        for k, group in enumerate(groups):
+            slots = len(plan.members[k]) * self.num_workers
+            if num_shards < slots:
+                raise ConfigError(
+                    f"groups.{k} ({group.name}): {num_shards} shards cannot feed its {len(plan.members[k])} "
+                    f"rank(s) x {self.num_workers} DataLoader worker(s); lower data.num_workers or split the "
+                    f"data into more shards"
+                )
+        for group in self.streams:
+            self._restart(group)
+
+    def _resumed(self, saved: dict | None, group: int, num_slots: int) -> dict:
+        fresh = {
+            "epoch": 0,
+            "cursors": {},
+            "next_role": 0,
+            "num_workers": self.num_workers,
+            "ranks": num_slots,
+        }
+        if saved is None:
+            return fresh
+        for key, now in (("num_workers", self.num_workers), ("ranks", num_slots)):
+            if saved[key] != now:
+                raise ConfigError(
+                    f"group {group}: the checkpoint's WebDataset position is for {saved[key]} {key} and this run "
+                    f"has {now}; resume with the same data.num_workers and rank count (shards are dealt by them)"
+                )
+        return {**saved, "cursors": {int(role): tuple(c) for role, c in saved["cursors"].items()}}
 
     def _restart(self, group: int) -> None:
-        stream, (epoch, done) = self.streams[group], self.position[group]
-        stream.set_epoch(epoch)
-        stream.set_start(done)
-        self._iterators[group] = iter(DataLoader(stream, batch_size=None, num_workers=self.num_workers))
+        stream, position = self.streams[group], self.position[group]
+        stream.set_epoch(position["epoch"])
+        stream.set_position(position["cursors"], position["next_role"])
+        loader = DataLoader(stream, batch_size=None, num_workers=self._loader_workers)
+        self._iterators[group] = iter(loader)
 
     def next_batch(self, group: int) -> DistillBatch:
         try:
             batch = next(self._iterators[group])
         except StopIteration:  # end of the epoch's shards: next epoch, reshuffled
-            self.position[group] = [self.position[group][0] + 1, 0]
+            epoch = self.position[group]["epoch"] + 1
+            self.position[group].update(epoch=epoch, cursors={}, next_role=0)
             self._restart(group)
             batch = next(self._iterators[group])
-        self.position[group][1] += 1
+        role, done, read = batch.stream_state
+        self.position[group]["cursors"][role] = (done, read)
+        self.position[group]["next_role"] = (role + 1) % self.num_workers
         return batch
 
     def state(self) -> dict:
-        return {str(group): list(position) for group, position in self.position.items()}
+        """{group: position} as JSON-ready data."""
+        return {
+            str(group): {**p, "cursors": {str(r): list(c) for r, c in p["cursors"].items()}}
+            for group, p in self.position.items()
+        }
 
 
 def held_out_batches(
-    source, resolution: int, teachers: list[TeacherSpec], batch_size: int, seed: int
+    source, resolution: int, teachers: list[TeacherSpec], batch_size: int, seed: int, indices: Sequence[int]
 ) -> Iterator[DistillBatch]:
-    """The held-out images as whole-image square views (largest centred-by-seed square), in order."""
+    """Held-out images `indices` as whole-image square views (largest centred-by-seed square), in order."""
     dataset = DistillDataset(
         source, DistillView(resolution, teachers, 1.0, 1.0), seed=seed + EVAL_SEED_OFFSET
     )
-    for start in range(0, len(dataset), batch_size):
-        yield collate_distill([dataset[(0, i)] for i in range(start, min(start + batch_size, len(dataset)))])
+    for start in range(0, len(indices), batch_size):
+        yield collate_distill([dataset[(0, i)] for i in indices[start : start + batch_size]])

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import torch
@@ -28,13 +27,6 @@ from distill.engine import Engine
 CHECKPOINTS = "checkpoints"
 STUDENT_FILE = "student.safetensors"
 STATE_FILE = "trainer_state.json"
-# Test hook: SIGKILL this process after the engine state of this step is written, before the rename.
-KILL_IN_SAVE_ENV = "RADIO_DISTILL_KILL_IN_SAVE"
-
-
-def _barrier() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def save_checkpoint(
@@ -43,26 +35,24 @@ def save_checkpoint(
     engine: Engine,
     student_state: dict[str, torch.Tensor],
     trainer_state: dict,
-    is_main: bool,
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint `step` atomically and keep the newest `keep`; returns its directory."""
+    """Write checkpoint `step` atomically and keep the newest `keep`; returns its directory. Every rank
+    calls it (each writes its ZeRO partition); rank 0 writes the rest and renames."""
     root = Path(run_dir) / CHECKPOINTS
-    name = f"step-{step:08d}"
+    name, is_main = f"step-{step:08d}", engine.collectives.is_main
     tmp, final = root / f".tmp-{name}", root / name
     if is_main:
         shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a killed save
         tmp.mkdir(parents=True)
-    _barrier()
+    engine.collectives.barrier()
     engine.save(tmp, client_state={"trainer_state": trainer_state})
     if is_main:
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in student_state.items()}, str(tmp / STUDENT_FILE)
         )
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))
-    _barrier()
-    if os.environ.get(KILL_IN_SAVE_ENV) == str(step):
-        os.kill(os.getpid(), signal.SIGKILL)
+    engine.collectives.barrier()
     if is_main:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -71,7 +61,7 @@ def save_checkpoint(
         os.replace(pointer, root / "latest")
         for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
-    _barrier()
+    engine.collectives.barrier()
     return final
 
 

@@ -31,7 +31,11 @@ def _drop_local_rank(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = _drop_local_rank(sys.argv[1:] if argv is None else list(argv))
+    """From the command line (`argv` None) a user error prints one line and exits 2; with `argv`, raises."""
+    if argv is None:
+        sys.argv[1:] = _drop_local_rank(sys.argv[1:])
+    else:
+        argv = _drop_local_rank(list(argv))
     return run_subcommands("radio-distill", "Multi-teacher distillation of RADIO.", SUBCOMMANDS, argv)
 
 

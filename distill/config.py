@@ -66,6 +66,9 @@ class GroupConfig:
 class DataConfig:
     source: str = "synthetic"  # "synthetic", "skimage", "folder" (recursive) or "webdataset" (tar shards)
     path: str | None = None  # image folder, or tar shard pattern (e.g. /d/shard-{000000..000099}.tar)
+    index: str | None = (
+        None  # folder: text file of image paths relative to `path`, one a line; else listed once
+    )
     eval_path: str | None = None  # image folder of held-out images; default: held out from the source
     num_images: int = 256  # synthetic/skimage: size of the training pool
     min_scale: float = 0.35  # random scale+crop: smallest crop area fraction
@@ -79,7 +82,9 @@ class LossConfig:
     # The feature loss itself is fixed by the paper: 0.9 cosine + 0.1 smooth-L1 (AM-RADIO eq. 3, distill.losses).
     balancer: str = "naive"  # naive | uncertainty | adaloss | phi_s (AM-RADIO section 3.4.1, PHI-S)
     adaloss_momentum: float = 0.99  # AM-RADIO section 3.4.1
-    phi_s_batches: int = 4  # batches used to estimate PHI-S statistics at the start of the run
+    phi_s_samples_per_dim: float = (
+        2.0  # PHI-S statistics from >= this x D vectors per term (patch tokens count)
+    )
 
 
 @dataclass
@@ -112,6 +117,9 @@ class TrainConfig:
     seed: int = 0  # seeds data order, student init and per-step augmentation RNG
     device: str | None = None  # None = cuda when available, else cpu
     eval_batch_size: int = 8  # batch size of the final evaluation
+    report_to: list[str] = field(
+        default_factory=list
+    )  # also log to "tensorboard" and/or "wandb" (offline by default)
 
 
 @dataclass
@@ -130,6 +138,10 @@ class DistillConfig:
 
     def teacher(self, name: str) -> TeacherConfig:
         return next(t for t in self.teachers if t.name == name)
+
+
+# train.report_to backends (distill.reporting); each is also the name of the optional extra installing it
+REPORT_TO = ("tensorboard", "wandb")
 
 
 class ConfigError(ValueError):
@@ -153,18 +165,34 @@ def validate(config: DistillConfig) -> None:
             raise ConfigError(
                 f"groups.{i}.teachers: {unknown or 'empty'}; every entry must be one of {names}"
             )
-        if group.batch_size < 1 or group.resolution < 1 or group.weight < 0:
-            raise ConfigError(f"groups.{i}: batch_size and resolution must be >= 1 and weight >= 0")
+        if group.batch_size < 1 or group.resolution < 1:
+            raise ConfigError(f"groups.{i} ({group.name}): batch_size and resolution must be >= 1")
+        # A group without weight or ranks would leave its ranks without work while the others wait for them
+        # in the step's collectives.
+        if group.weight <= 0:
+            raise ConfigError(
+                f"groups.{i} ({group.name}): weight {group.weight} gives the group no work; give it a weight > 0 "
+                f"or remove the group"
+            )
         if group.ranks is not None and group.rank_share is not None:
-            raise ConfigError(f"groups.{i}: set `ranks` or `rank_share`, not both")
-    if sum(g.weight for g in config.groups) <= 0:
-        raise ConfigError("groups: at least one group needs weight > 0")
+            raise ConfigError(f"groups.{i} ({group.name}): set `ranks` or `rank_share`, not both")
+        if (group.ranks is not None and group.ranks < 1) or (
+            group.rank_share is not None and not 0 < group.rank_share <= 1
+        ):
+            raise ConfigError(
+                f"groups.{i} ({group.name}): ranks must be >= 1 and rank_share in (0, 1]; remove a group that "
+                f"should get no ranks"
+            )
+    unknown = sorted(set(config.train.report_to) - set(REPORT_TO))
+    if unknown:
+        raise ConfigError(f"train.report_to: unknown {unknown}; choose from {list(REPORT_TO)} (or [])")
     checks = {
         "distributed.zero_stage": config.distributed.zero_stage in (0, 1, 2),
         "distributed.precision": config.distributed.precision in ("fp32", "bf16"),
         "distributed.group_sampling": config.distributed.group_sampling in ("fixed", "weighted"),
         "distributed.grad_accum": config.distributed.grad_accum >= 1,
         "loss.balancer": config.loss.balancer in ("naive", "uncertainty", "adaloss", "phi_s"),
+        "loss.phi_s_samples_per_dim": config.loss.phi_s_samples_per_dim > 0,
         "train.max_steps": config.train.max_steps >= 1,
         "train.log_every": config.train.log_every >= 1,
         "train.save_every": config.train.save_every >= 0,
@@ -175,6 +203,7 @@ def validate(config: DistillConfig) -> None:
         "distributed.group_sampling": "'fixed' or 'weighted'",
         "distributed.grad_accum": ">= 1",
         "loss.balancer": "naive, uncertainty, adaloss or phi_s",
+        "loss.phi_s_samples_per_dim": "> 0",
         "train.max_steps": ">= 1",
         "train.log_every": ">= 1",
         "train.save_every": ">= 0 (0 = only at the end)",

@@ -1,21 +1,22 @@
 """Distillation data: image sources, one random scale+crop view per sample, batches for a rank group.
 
-Sources are index-based (`len`, `load(index) -> PIL RGB`): `ImageFolderSource` (recursive),
-`SyntheticSource` (procedural, deterministic per index) and `SkimageSource` (scikit-image's photos);
-`TarShardSource` (images inside WebDataset tar shards, indexed by their tar headers);
-`DistillDataset` turns one into map-style samples that any sampler (e.g. a DistributedSampler-like split
-by rank) can index. WebDataset shards (DataComp style) can also stream through `WebDatasetStream`, which
-splits shards by rank and DataLoader worker and yields whole batches.
+Sources are index-based (`len`, `load(index) -> PIL RGB`): `ImageFolderSource` (the images of a folder,
+through a `distill.index.FileIndex` so that a 10^7-image list costs no memory), `SyntheticSource`
+(procedural, deterministic per index) and `SkimageSource` (scikit-image's photos); `DistillDataset` turns one
+into map-style samples that any sampler can index. WebDataset tar shards (DataComp style, the recommended
+format at that scale) stream through `WebDatasetStream`, which splits shards by rank and DataLoader worker,
+yields whole batches and resumes from a saved position without decoding the samples it skips.
 
 The view of sample `index` in `epoch` depends only on (seed, epoch, index) (for shards: the shard and
 the position in it), so a resumed run sees the same crops. The crop is cut once from the image and
 resized to the student's resolution ([0, 1] RGB) and to each teacher's resolution, normalised with the
-teacher's mean/std. Unreadable images are skipped (the next index takes their place in map-style
-datasets), logged with their name and counted in `DistillBatch.num_skipped`.
+teacher's mean/std. Unreadable (or missing) images are skipped (the next index takes their place in
+map-style datasets), logged with their name and counted in `DistillBatch.num_skipped`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -27,14 +28,11 @@ import numpy as np
 import PIL.Image
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
-from tqdm import tqdm
 
 from distill.teachers import TeacherSpec
 from radio_vlm.models.image_io import load_image
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -50,22 +48,17 @@ class ImageSource(Protocol):
 
 
 class ImageFolderSource:
-    """Every image file under `root` (recursively, sorted by relative path)."""
+    """The images `paths` (relative to `root`) lists, in its order: a `distill.index.FileIndex` for a
+    training folder of any size, or a plain list."""
 
-    def __init__(self, root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> None:
-        self.root = Path(root).expanduser()
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {self.root} does not exist (data.path in the config)")
-        suffixes = {e.lower() for e in extensions}
-        self.paths = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
-        if not self.paths:
-            raise ValueError(f"image folder {self.root} holds no files ending in {sorted(suffixes)}")
+    def __init__(self, root: str | Path, paths: Sequence[str]) -> None:
+        self.root, self.paths = Path(root).expanduser(), paths
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def load(self, index: int) -> PIL.Image.Image:
-        return load_image(self.paths[index])
+        return load_image(self.root / self.paths[index])
 
 
 class SyntheticSource:
@@ -208,30 +201,32 @@ class DistillSample:
 @dataclass
 class DistillBatch:
     """student_images (B, 3, S, S) in [0, 1]; teacher_images {teacher: (B, 3, R, R)} normalised;
-    sample_ids (B,); num_skipped: unreadable images skipped while building this batch."""
+    sample_ids (B,); num_skipped: unreadable images skipped while building this batch; stream_state: for
+    WebDataset batches, (worker role, shards finished, records read in the current shard) after the batch."""
 
     student_images: torch.Tensor
     teacher_images: dict[str, torch.Tensor]
     sample_ids: torch.Tensor
     num_skipped: int
+    stream_state: tuple[int, int, int] | None = None
 
     def __len__(self) -> int:
         return self.student_images.shape[0]
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> DistillBatch:
-        return DistillBatch(
-            self.student_images.to(device, non_blocking=non_blocking),
-            {k: v.to(device, non_blocking=non_blocking) for k, v in self.teacher_images.items()},
-            self.sample_ids,
-            self.num_skipped,
+        return dataclasses.replace(
+            self,
+            student_images=self.student_images.to(device, non_blocking=non_blocking),
+            teacher_images={
+                k: v.to(device, non_blocking=non_blocking) for k, v in self.teacher_images.items()
+            },
         )
 
     def pin_memory(self) -> DistillBatch:  # called by DataLoader(pin_memory=True)
-        return DistillBatch(
-            self.student_images.pin_memory(),
-            {k: v.pin_memory() for k, v in self.teacher_images.items()},
-            self.sample_ids,
-            self.num_skipped,
+        return dataclasses.replace(
+            self,
+            student_images=self.student_images.pin_memory(),
+            teacher_images={k: v.pin_memory() for k, v in self.teacher_images.items()},
         )
 
 
@@ -290,54 +285,18 @@ SHARD_STRIDE = 1_000_000  # sample_id = shard index * SHARD_STRIDE + position in
 _IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
-class TarShardSource:
-    """Random access to the images of WebDataset tar shards, for index-based samplers.
-
-    Indexing reads only the tar headers (one pass per shard, at construction); `load` then seeks to an
-    image's bytes. Records without an image entry are not indexed. For very large shard sets, stream
-    them with `WebDatasetStream` instead of indexing every shard up front.
-    """
-
-    def __init__(self, urls: str | Sequence[str]) -> None:
-        import tarfile
-
-        import webdataset as wds
-
-        self.paths = [Path(u) for u in (wds.shardlists.expand_urls(urls) if isinstance(urls, str) else urls)]
-        missing = [str(p) for p in self.paths if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"WebDataset shards not found: {missing[:3]} ({len(missing)} missing)")
-        self.entries: list[tuple[int, int, int, str]] = []  # (shard, data offset, size, member name)
-        for shard, path in enumerate(tqdm(self.paths, desc="indexing shards", disable=len(self.paths) < 64)):
-            try:
-                with tarfile.open(path, mode="r:") as tar:
-                    for member in tar:
-                        if member.isfile() and member.name.rsplit(".", 1)[-1].lower() in _IMAGE_KEYS:
-                            self.entries.append((shard, member.offset_data, member.size, member.name))
-            except tarfile.TarError as err:
-                raise ValueError(f"{path}: not a readable (uncompressed) tar shard ({err})") from err
-        if not self.entries:
-            raise ValueError(f"no images ({'/'.join(_IMAGE_KEYS)}) in {len(self.paths)} WebDataset shards")
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def load(self, index: int) -> PIL.Image.Image:
-        shard, offset, size, member = self.entries[index]
-        with open(self.paths[shard], "rb") as file:
-            file.seek(offset)
-            data = file.read(size)
-        return load_image(data, name=f"{self.paths[shard]}:{member}")
-
-
 class WebDatasetStream(IterableDataset):
     """Batches from WebDataset tar shards for one rank: use `DataLoader(stream, batch_size=None, ...)`.
 
-    Shards are shuffled per epoch (seeded) and dealt to (rank, worker) slots round-robin; each slot
+    Shards are shuffled per epoch (seeded) and dealt to (rank, worker) slots round-robin; each worker role
     reads its shards in order and yields full batches of `batch_size` (a final partial batch is dropped,
-    so every step has the same size). `set_start(batches_done)` resumes an epoch with the same batch order
-    (the skipped batches are still decoded, not resized). Call `set_epoch` /
-    `set_start` before iterating (workers copy the stream when an iterator starts; no persistent_workers).
+    so every step has the same size). Every batch carries `stream_state = (role, shards finished, records
+    read in the current shard)`. The DataLoader takes batches from its workers in turn, skipping exhausted
+    ones, so the position of an epoch is each role's cursor plus the role that comes next
+    (`set_position`): a resumed stream seeks every role to its cursor, reading the skipped records of the
+    current shard without decoding them (finished shards are not opened), and restarts the turn at that
+    role. Call `set_epoch` / `set_position` before iterating (workers copy the stream when an iterator
+    starts; no persistent_workers).
     """
 
     def __init__(
@@ -357,16 +316,18 @@ class WebDatasetStream(IterableDataset):
             raise FileNotFoundError(f"WebDataset shards not found: {missing[:3]} ({len(missing)} missing)")
         self.view, self.batch_size, self.seed = view, batch_size, seed
         self.rank, self.world_size = rank, world_size
-        self.epoch, self.start_batch = 0, 0
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.start_batch = epoch, 0
+        self.epoch, self.cursors, self.next_role = epoch, {}, 0
 
-    def set_start(self, batches_done: int) -> None:
-        self.start_batch = batches_done
+    def set_position(self, cursors: dict[int, tuple[int, int]], next_role: int) -> None:
+        """Resume this epoch: role -> (shards finished, records read in the next one); `next_role` yields
+        the next batch."""
+        self.cursors, self.next_role = dict(cursors), next_role
 
-    def shards_for(self, worker: int, num_workers: int) -> list[tuple[int, str]]:
-        """(shard index, url) read by `worker` of this rank in this epoch."""
+    def shards_for(self, role: int, num_workers: int) -> list[tuple[int, str]]:
+        """(shard index, url) read by worker `role` of this rank in this epoch."""
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.urls))
         slots = self.world_size * num_workers
         if len(self.urls) < slots:
@@ -374,54 +335,57 @@ class WebDatasetStream(IterableDataset):
                 f"{len(self.urls)} shards cannot feed {self.world_size} ranks x {num_workers} workers; "
                 f"use fewer DataLoader workers or split the data into more shards"
             )
-        slot = self.rank * num_workers + worker
+        slot = self.rank * num_workers + role
         return [(int(i), self.urls[i]) for i in order[slot::slots]]
 
-    def _images(self, shards: list[tuple[int, str]]) -> Iterator[tuple[PIL.Image.Image, int, int, int]]:
-        """(image, shard, position, unreadable images skipped just before it) in reading order."""
+    def _records(self, role: int, num_workers: int) -> Iterator[tuple[dict, int, int, tuple[int, int]]]:
+        """(raw record, shard, position, cursor after it) from the role's cursor on; nothing is decoded."""
         import webdataset as wds
 
-        skipped = 0
-        for shard, url in shards:
+        done, read = self.cursors.get(role, (0, 0))
+        for k, (shard, url) in enumerate(self.shards_for(role, num_workers)):
+            if k < done:
+                continue
             reader = wds.WebDataset(url, shardshuffle=False, nodesplitter=None, workersplitter=None,
                                     empty_check=False, handler=self._on_tar_error)  # fmt: skip
             for position, record in enumerate(reader):
-                name = f"{url}:{record.get('__key__', position)}"
-                key = next((k for k in _IMAGE_KEYS if k in record), None)
-                try:
-                    if key is None:
-                        raise ValueError(f"{name}: no image entry (expected one of {_IMAGE_KEYS})")
-                    image = load_image(record[key], name=name)
-                except ValueError as err:
-                    logger.warning("skipping unreadable image: %s", err)
-                    skipped += 1
-                    continue
-                yield image, shard, position, skipped
-                skipped = 0
+                if k == done and position < read:
+                    continue  # read (tar framing), never decoded
+                yield record, shard, position, (k, position + 1)
 
     @staticmethod
     def _on_tar_error(err: Exception) -> bool:
         logger.warning("skipping unreadable WebDataset entry: %r", err)
         return True  # continue with the next entry
 
-    def _sample(self, image: PIL.Image.Image, shard: int, position: int, skipped: int) -> DistillSample:
+    def _sample(
+        self, record: dict, shard: int, position: int, skipped: int, url: str
+    ) -> DistillSample | None:
+        name = f"{url}:{record.get('__key__', position)}"
+        key = next((k for k in _IMAGE_KEYS if k in record), None)
+        try:
+            if key is None:
+                raise ValueError(f"{name}: no image entry (expected one of {_IMAGE_KEYS})")
+            image = load_image(record[key], name=name)
+        except ValueError as err:
+            logger.warning("skipping unreadable image: %s", err)
+            return None
         student, teachers = self.view(image, view_rng(self.seed, self.epoch, shard, position))
         return DistillSample(student, teachers, shard * SHARD_STRIDE + position, skipped)
 
     def __iter__(self) -> Iterator[DistillBatch]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        # The DataLoader takes batches from its workers in turn, starting with worker 0: in the original
-        # run batch k came from worker k % num_workers. On resume at batch b, loader worker w therefore
-        # plays the original worker (w + b) % num_workers, minus the batches that worker had produced.
-        role = (worker + self.start_batch) % num_workers
-        to_skip = max(0, -(-(self.start_batch - role) // num_workers))
-        pending = []
-        for item in self._images(self.shards_for(role, num_workers)):
-            pending.append(item)
+        role = (worker + self.next_role) % num_workers  # the DataLoader asks worker 0 first
+        pending, skipped = [], 0
+        for record, shard, position, cursor in self._records(role, num_workers):
+            sample = self._sample(record, shard, position, skipped, self.urls[shard])
+            if sample is None:
+                skipped += 1
+                continue
+            pending.append(sample)
+            skipped = 0
             if len(pending) == self.batch_size:
-                if to_skip:
-                    to_skip -= 1
-                else:
-                    yield collate_distill([self._sample(*p) for p in pending])
+                batch = collate_distill(pending)
+                yield dataclasses.replace(batch, stream_state=(role, *cursor))
                 pending = []

@@ -1,5 +1,7 @@
 """The distributed engine behind one small interface: DeepSpeed owns the student (and any learned loss
-weights); the training loop only calls `backward`, `step`, `lr`, `save` and `load`.
+weights); the training loop only calls `backward`, `step`, `lr`, `save` and `load`, and every collective of
+distill/ goes through `Collectives` (`engine.collectives`), whose tensors live on the run's device (CUDA under
+NCCL, CPU under gloo). No other module of distill/ calls `torch.distributed`.
 
 DeepSpeed settings come from `DistillConfig`: ZeRO stage 0/1/2, bf16 or fp32, gradient accumulation,
 gradient clipping; the optimizer is torch AdamW with base lr 1e-3 and a cosine schedule (AM-RADIO section
@@ -13,13 +15,17 @@ from __future__ import annotations
 import math
 import os
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from distill.config import DistillConfig
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -29,24 +35,85 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed(backend: str | None = None) -> tuple[int, int, int]:
-    """Join (or create) the process group; returns (rank, world_size, local_rank)."""
+@dataclass(frozen=True)
+class Collectives:
+    """The run's process group: who this process is, its device, and the only collectives distill/ uses.
+
+    Every rank must make the same calls in the same order. The group always exists (a 1-rank group without
+    a launcher), and the calls run even with one rank, so a 1-GPU run exercises NCCL like a 64-GPU one.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device  # where the student, teachers and every collective tensor live
+    backend: str  # "nccl" or "gloo"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of `tensor` over all ranks, as a new tensor on `tensor`'s device (reduced on `device`)."""
+        reduced = tensor.detach().to(self.device, copy=True)
+        torch.distributed.all_reduce(reduced)
+        return reduced.to(tensor.device)
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """[obj of rank 0, obj of rank 1, ...] (picklable objects: small state, not tensors of data)."""
+        gathered: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, obj)
+        return gathered
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's `obj`, on every rank."""
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0, device=self.device)
+        return box[0]
+
+    def on_main(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on rank 0 alone; every rank returns its result, or raises its error, so a failure on
+        rank 0 (a bad data index, say) stops every rank instead of leaving them waiting in a collective."""
+        outcome: tuple[bool, Any] | None = None
+        if self.is_main:
+            try:
+                outcome = (True, fn())
+            except Exception as error:  # handed to every rank, raised below
+                outcome = (False, error)
+        ok, value = self.broadcast_object(outcome)
+        if not ok:
+            raise value
+        return value
+
+    def barrier(self) -> None:
+        if self.backend == "nccl":
+            torch.distributed.barrier(device_ids=[self.device.index])
+        else:
+            torch.distributed.barrier()
+
+
+def init_distributed(backend: str | None = None, device: str | None = None) -> Collectives:
+    """Join (or create) the process group. `device` defaults to cuda:LOCAL_RANK when CUDA is available,
+    else cpu; `backend` to nccl on CUDA, gloo on CPU."""
     import deepspeed
 
     if "RANK" not in os.environ:  # no launcher: a 1-rank group of our own
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    if not torch.cuda.is_available():
+    run_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if run_device.type == "cuda":
+        run_device = torch.device("cuda", local_rank if run_device.index is None else run_device.index)
+        torch.cuda.set_device(run_device)
+    backend = backend or ("nccl" if run_device.type == "cuda" else "gloo")
+    if run_device.type != "cuda":
         # DeepSpeed's CPU backend otherwise compiles its shared-memory all-reduce kernel (minutes on a fresh
         # machine), which only DeepSpeed-inference uses; training all-reduces through gloo.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=backend)
-    return torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank
+    return Collectives(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank,
+                       run_device, torch.distributed.get_backend())  # fmt: skip
 
 
 def param_groups(
@@ -79,14 +146,40 @@ def cosine_schedule(step: int, total: int, warmup: int, min_ratio: float) -> flo
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def floating_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of every floating-point buffer of `module` (AdaLoss running means, PHI-S mean/rotation,
+    spectral-norm u/v, the input conditioner's mean/std), by name."""
+    return {name: b.detach().clone() for name, b in module.named_buffers() if b.is_floating_point()}
+
+
+def restore_buffer_dtypes(module: nn.Module, saved: dict[str, torch.Tensor]) -> list[str]:
+    """Put back every buffer in `saved` whose dtype changed (a bf16 cast of the whole module), with its
+    saved values, on the buffer's current device; returns the names restored."""
+    restored = []
+    for name, buffer in list(module.named_buffers()):
+        if name in saved and buffer.dtype != saved[name].dtype:
+            owner_name, _, leaf = name.rpartition(".")
+            owner = module.get_submodule(owner_name)
+            owner._buffers[leaf] = saved[name].to(buffer.device)
+            restored.append(name)
+    return restored
+
+
 class Engine:
     """DeepSpeed around `module`. `module(...)` runs the forward; `backward(loss)` then `step()` once per
-    micro-batch (DeepSpeed applies the optimizer every `grad_accum` micro-batches)."""
+    micro-batch (DeepSpeed applies the optimizer every `grad_accum` micro-batches).
 
-    def __init__(self, module: nn.Module, config: DistillConfig, spectral_suffix: str) -> None:
+    With `precision: bf16` parameters are bf16 (float32 master weights in DeepSpeed's optimizer) and every
+    buffer keeps the dtype it was built with: running statistics lose too much in bf16. DeepSpeed releases
+    with deepspeedai/DeepSpeed#8066 leave buffers alone; older ones cast the whole module, undone here.
+    """
+
+    def __init__(
+        self, module: nn.Module, config: DistillConfig, spectral_suffix: str, collectives: Collectives
+    ) -> None:
         import deepspeed
 
-        self.config = config
+        self.config, self.collectives = config, collectives
         optim = config.optim
         groups = param_groups(
             module, optim.weight_decay, config.student.spectral_weight_decay, spectral_suffix
@@ -108,9 +201,11 @@ class Engine:
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
+        buffers = floating_buffers(module)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
+        restore_buffer_dtypes(self.engine.module, buffers)
 
     @property
     def module(self) -> nn.Module:
@@ -118,7 +213,12 @@ class Engine:
         return self.engine.module
 
     @property
+    def device(self) -> torch.device:
+        return self.collectives.device
+
+    @property
     def dtype(self) -> torch.dtype:
+        """The student's compute dtype (its parameters' dtype)."""
         return torch.bfloat16 if self.config.distributed.precision == "bf16" else torch.float32
 
     def __call__(self, *args, **kwargs):
@@ -142,17 +242,6 @@ class Engine:
         """Global gradient norm of the last optimizer step (before clipping)."""
         norm = self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
-
-    def full_grads(self) -> dict[str, torch.Tensor]:
-        """Every parameter's full (reduced across ranks) gradient, after `backward` and before `step`."""
-        from deepspeed.utils import safe_get_full_grad
-
-        grads = {}
-        for name, param in self.module.named_parameters():
-            grad = safe_get_full_grad(param)
-            if grad is not None:
-                grads[name] = grad.detach().float().cpu().clone()
-        return grads
 
     def save(self, directory: str | Path, client_state: dict) -> None:
         """Write model, optimizer and scheduler state (every rank writes its ZeRO partition) to `directory`."""

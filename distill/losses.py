@@ -15,8 +15,9 @@ momentum 0.99 as in the paper), `phi_s` (fixed weights, teacher targets standard
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distill.phi_s import PhiSEstimator, PhiSStandardizer
+
+if TYPE_CHECKING:
+    from distill.config import TeacherConfig
+    from distill.teachers import TeacherSpec
+
+PHI_S_FILE = "phi_s.safetensors"  # a phi_s run's statistics, in its run directory
+# Sum of a tensor over every rank (`distill.engine.Collectives.all_reduce_sum`); None in a single process.
+ReduceSum = Callable[[torch.Tensor], torch.Tensor]
 
 # AM-RADIO eq. 3: "alpha = 0.9 and beta = 0.1 to mostly rely on the empirically better cosine distance,
 # but to also match vector magnitudes".
@@ -144,15 +153,21 @@ class AdaLossBalancer(LossBalancer):
     """Hu et al. (AdaLoss): w_i = base_i / (running mean of L_i), so every term contributes ~base_i.
 
     The running mean starts at the first observed loss and is updated with `momentum` (0.99, AM-RADIO
-    3.4.1) in training mode only; it is a buffer, saved and restored with the balancer's state_dict.
-    Under torch.distributed every rank must call `forward` each step: the step's loss of each term is
-    averaged over the ranks that computed it, so all ranks hold the same running means (and rank 0's
-    checkpoint holds every group's terms).
+    3.4.1) in training mode only; it is a float64 buffer, saved and restored with the balancer's state_dict.
+    With `reduce_sum` (distributed runs) every rank must call `forward` each step: the step's loss of each
+    term is averaged over the ranks that computed it, so all ranks hold the same running means (and rank
+    0's checkpoint holds every group's terms).
     """
 
-    def __init__(self, base_weights: Mapping[str, float], momentum: float = 0.99, eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        base_weights: Mapping[str, float],
+        momentum: float = 0.99,
+        eps: float = 1e-8,
+        reduce_sum: ReduceSum | None = None,
+    ) -> None:
         super().__init__(base_weights)
-        self.momentum, self.eps = momentum, eps
+        self.momentum, self.eps, self.reduce_sum = momentum, eps, reduce_sum
         for term in self.base_weights:
             self.register_buffer(f"running/{term}", torch.zeros((), dtype=torch.float64))
             self.register_buffer(f"seen/{term}", torch.zeros((), dtype=torch.bool))
@@ -171,15 +186,14 @@ class AdaLossBalancer(LossBalancer):
 
     def _step_losses(self, losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """This step's loss per term, averaged over the ranks that computed it (all terms of the run)."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        if self.reduce_sum is None:
             return {term: loss.detach() for term, loss in losses.items()}
-        device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
         terms = list(self.base_weights)  # same order on every rank: built from the same config
-        stats = torch.zeros(2, len(terms), dtype=torch.float64, device=device)
+        stats = torch.zeros(2, len(terms), dtype=torch.float64)
         for i, term in enumerate(terms):
             if term in losses:
                 stats[0, i], stats[1, i] = losses[term].detach().double(), 1.0
-        torch.distributed.all_reduce(stats)
+        stats = self.reduce_sum(stats)
         return {term: stats[0, i] / stats[1, i] for i, term in enumerate(terms) if stats[1, i] > 0}
 
     def weights(self, losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -219,10 +233,16 @@ class PhiSBalancer(LossBalancer):
             if values is not None and term in self.dims:
                 self._estimator.update(term, values)
 
-    def fit(self) -> None:
+    def observed(self) -> dict[str, int]:
+        """Vectors observed so far on this rank, per term (0 before the first `observe`)."""
+        counts = self._estimator.count if self._estimator is not None else {}
+        return {term: int(counts.get(term, 0)) for term in self.dims}
+
+    def fit(self, reduce_sum: ReduceSum | None = None) -> None:
+        """Fit the statistics from everything observed (on every rank, when `reduce_sum` is given)."""
         if self._estimator is None:
             raise RuntimeError("phi_s: call observe(...) on teacher outputs before fit()")
-        self.standardizer.set_statistics(self._estimator.finalize())
+        self.standardizer.set_statistics(self._estimator.finalize(reduce_sum))
         self._estimator = None
 
     def normalize_target(self, term: str, target: torch.Tensor) -> torch.Tensor:
@@ -256,14 +276,16 @@ def build_balancer(
     base_weights: Mapping[str, float],
     dims: Mapping[str, int] | None = None,
     momentum: float = 0.99,
+    reduce_sum: ReduceSum | None = None,
 ) -> LossBalancer:
-    """The balancer called `method` (one of BALANCERS); `dims` (term -> D) is needed for phi_s."""
+    """The balancer called `method` (one of BALANCERS); `dims` (term -> D) is needed for phi_s,
+    `reduce_sum` (the run's all-reduce) by adaloss in distributed runs."""
     if method == "naive":
         return NaiveBalancer(base_weights)
     if method == "uncertainty":
         return UncertaintyBalancer(base_weights)
     if method == "adaloss":
-        return AdaLossBalancer(base_weights, momentum=momentum)
+        return AdaLossBalancer(base_weights, momentum=momentum, reduce_sum=reduce_sum)
     if method == "phi_s":
         if dims is None:
             raise ValueError("phi_s balancing needs dims: {term: output dim}")
@@ -283,6 +305,19 @@ class LossOutput:
     components: dict[str, torch.Tensor]  # unweighted term losses (detached)
     cosine: dict[str, torch.Tensor]  # mean cosine similarity student vs target (detached)
     weights: dict[str, torch.Tensor]  # effective weights the balancer applied (detached)
+
+
+def teacher_terms(
+    teachers: Sequence[TeacherConfig], specs: Mapping[str, TeacherSpec]
+) -> tuple[dict[str, float], dict[str, int]]:
+    """({term: weight}, {term: output dim}) of a run's teachers; a teacher without a summary (SAM) has no
+    summary term, and zero weights drop their term."""
+    weights = loss_terms(
+        {t.name: (t.summary_weight if specs[t.name].summary else 0.0, t.feature_weight) for t in teachers}
+    )
+    dims = {f"{n}/summary": s.summary_dim for n, s in specs.items() if s.summary_dim}
+    dims |= {f"{n}/features": s.feature_dim for n, s in specs.items()}
+    return weights, {term: dims[term] for term in weights}
 
 
 def loss_terms(teacher_weights: Mapping[str, tuple[float, float]]) -> dict[str, float]:

@@ -101,14 +101,21 @@ class RankPlan:
                 k, self.world_size * self.weights[k] / self.counts[k], members.index(self.rank), len(members)
             )
             for k, members in enumerate(self.members)
-            if self.rank in members and self.weights[k] > 0
+            if self.rank in members
         ]
 
     def possible_groups(self) -> list[int]:
         """Groups this rank may run at some step (all of them when sampling by weight)."""
         if self.sampling == "weighted":
-            return [k for k, w in enumerate(self.weights) if w > 0]
+            return list(range(len(self.groups)))
         return [a.group for a in self.assignments(0)]
+
+    def ranks_holding(self, teacher: str) -> list[int]:
+        """The ranks that may run a group with `teacher` (and so have it loaded), in rank order."""
+        if self.sampling == "weighted":
+            return list(range(self.world_size))
+        groups = [k for k, g in enumerate(self.groups) if teacher in g.teachers]
+        return sorted({r for k in groups for r in self.members[k]})
 
     def describe(self) -> str:
         parts = [

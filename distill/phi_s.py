@@ -8,16 +8,20 @@ dimension, so every output dimension of y has unit variance: diag(H diag(lambda)
 This is the `FeatureNormalizer(mean, tx)` form of the official RADIO code (`examples/common/phi_s.py`).
 
 Statistics are accumulated over the first batches of a run (`PhiSEstimator`), all-reduced across ranks,
-and saved with the run (safetensors).
+and saved with the run (safetensors). At export the inverse map is folded into the last Linear of each
+affected adaptor head (`PhiSStandardizer.fold_into`), so an exported student predicts in teacher space.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from functools import cache
 
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 
 def _is_prime(n: int) -> bool:
@@ -84,42 +88,60 @@ def phi_s_transform(mean: torch.Tensor, covariance: torch.Tensor) -> tuple[torch
 
 
 class PhiSEstimator:
-    """Accumulates per-term first and second moments of teacher outputs in float64.
+    """Accumulates per-term first and second moments of teacher outputs in float64, on the outputs' device.
 
     `dims` maps every term of the run ("<teacher>/summary", "<teacher>/features") to its D, so that ranks
     holding different teachers still all-reduce tensors of the same shapes.
     """
 
     def __init__(self, dims: Mapping[str, int]) -> None:
-        self.count = {term: torch.zeros((), dtype=torch.float64) for term in dims}
-        self.total = {term: torch.zeros(d, dtype=torch.float64) for term, d in dims.items()}
-        self.outer = {term: torch.zeros(d, d, dtype=torch.float64) for term, d in dims.items()}
+        self.dims = dict(dims)
+        self.count = dict.fromkeys(self.dims, 0)
+        self.total: dict[str, torch.Tensor] = {}
+        self.outer: dict[str, torch.Tensor] = {}
 
     def update(self, term: str, values: torch.Tensor) -> None:
         """values: (..., D) teacher outputs; every leading position counts as one sample."""
-        flat = values.detach().reshape(-1, values.shape[-1]).to(device="cpu", dtype=torch.float64)
+        flat = values.detach().reshape(-1, values.shape[-1]).to(torch.float64)
+        if term not in self.total:
+            dim = self.dims[term]
+            self.total[term] = torch.zeros(dim, dtype=torch.float64, device=flat.device)
+            self.outer[term] = torch.zeros(dim, dim, dtype=torch.float64, device=flat.device)
         self.count[term] += flat.shape[0]
         self.total[term] += flat.sum(0)
         self.outer[term] += flat.T @ flat
 
-    def finalize(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """All-reduce across ranks (when torch.distributed is initialised) and return {term: (mean, tx)}."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            backend_device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
-            for table in (self.count, self.total, self.outer):
-                for term, value in table.items():
-                    moved = value.to(backend_device)
-                    torch.distributed.all_reduce(moved)
-                    table[term] = moved.cpu()
+    def finalize(
+        self, reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Sum the moments over ranks with `reduce_sum` (the run's all-reduce; None in one process) and
+        return {term: (mean, tx)} in float64 on the CPU. A rank-deficient covariance (fewer independent
+        vectors than dimensions) is logged as a warning naming the teacher."""
         result = {}
-        for term, count in self.count.items():
+        for term, dim in self.dims.items():
+            count = torch.tensor(float(self.count[term]), dtype=torch.float64)
+            total = self.total.get(term, torch.zeros(dim, dtype=torch.float64))
+            outer = self.outer.get(term, torch.zeros(dim, dim, dtype=torch.float64))
+            if reduce_sum is not None:
+                count, total, outer = reduce_sum(count), reduce_sum(total), reduce_sum(outer)
+            count, total, outer = int(count.item()), total.cpu(), outer.cpu()
             if count < 2:
                 raise ValueError(
-                    f"PHI-S: term {term!r} saw {int(count)} samples while estimating statistics; run more "
+                    f"PHI-S: term {term!r} saw {count} samples while estimating statistics; run more "
                     f"estimation batches through the groups that hold this teacher"
                 )
-            mean = self.total[term] / count
-            covariance = self.outer[term] / count - torch.outer(mean, mean)
+            mean = total / count
+            covariance = outer / count - torch.outer(mean, mean)
+            # LayerNorm'd outputs (CLIP's ln_post, DINOv2's final norm) always lack one direction; fewer
+            # independent vectors than that means too few (or too similar) images
+            rank = int(torch.linalg.matrix_rank(covariance, hermitian=True))
+            if rank < dim - 1:
+                teacher, _, kind = term.rpartition("/")
+                logger.warning(
+                    f"PHI-S: teacher {teacher!r} {kind} covariance has rank {rank} < {dim} (from {count} "
+                    f"vectors); its standardisation is poorly estimated: raise loss.phi_s_samples_per_dim "
+                    f"or use varied images"
+                )
             result[term] = phi_s_transform(mean, covariance)
         return result
 
@@ -146,8 +168,28 @@ class PhiSStandardizer(nn.Module):
         mean, tx = getattr(self, f"{term}/mean"), getattr(self, f"{term}/tx")
         return (values - mean.to(values.dtype)) @ tx.to(values.dtype).T
 
+    def _inverse(self, term: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean (D,), inverse of tx (D, D)) in float64: x = y @ inverse.T + mean."""
+        mean, tx = getattr(self, f"{term}/mean"), getattr(self, f"{term}/tx")
+        return mean.double(), torch.linalg.inv(tx.double())
+
     def denormalize(self, term: str, values: torch.Tensor) -> torch.Tensor:
         """Inverse of `normalize`: maps a student's standardised prediction back to the teacher's space."""
-        mean, tx = getattr(self, f"{term}/mean"), getattr(self, f"{term}/tx")
-        inverse = torch.linalg.inv(tx.double()).to(values.dtype)
-        return values @ inverse.T + mean.to(values.dtype)
+        mean, inverse = self._inverse(term)
+        return values @ inverse.to(values).T + mean.to(values)
+
+    @torch.no_grad()
+    def fold_into(self, term: str, linear: nn.Linear) -> None:
+        """Fold `denormalize(term, .)` into `linear`, the last layer of the head predicting `term`:
+        W' = inverse @ W, b' = inverse @ b + mean, per D-channel block (an upsampling head emits u*u
+        blocks of D channels per token). Computed in float64."""
+        mean, inverse = (t.to(linear.weight.device) for t in self._inverse(term))
+        dim = mean.shape[0]
+        if linear.out_features % dim or linear.bias is None:
+            raise ValueError(
+                f"PHI-S {term}: cannot fold into {linear} (needs a bias and a multiple of {dim} outputs)"
+            )
+        weight = linear.weight.double().reshape(-1, dim, linear.in_features)
+        bias = linear.bias.double().reshape(-1, dim)
+        linear.weight.copy_((inverse @ weight).reshape(linear.weight.shape))
+        linear.bias.copy_((bias @ inverse.T + mean).reshape(-1))

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from distill.config import DistillConfig, GroupConfig
+from distill.phi_s import PhiSStandardizer
 from distill.teachers import TeacherSpec
 from radio_vlm import RadioWithAdaptors, RadioWithAdaptorsConfig
 from radio_vlm.tiny import TINY_MODELS
@@ -68,40 +69,28 @@ def student_config(config: DistillConfig, specs: Mapping[str, TeacherSpec]) -> R
     )
 
 
-def build_student(config: DistillConfig, specs: Mapping[str, TeacherSpec]) -> RadioWithAdaptors:
-    """A freshly initialised student (deterministic given `train.seed`), spectral-reparametrised if asked."""
+def build_student(
+    config: DistillConfig,
+    specs: Mapping[str, TeacherSpec],
+    init_state: Mapping[str, torch.Tensor] | None = None,
+) -> RadioWithAdaptors:
+    """A freshly initialised student (deterministic given `train.seed`), spectral-reparametrised if asked.
+
+    `init_state` (stage 2 from stage 1: `distill.export.init_state(config.student.init_from)`): every tensor
+    whose name and shape match is copied before the reparametrisation (backbone and the heads of shared
+    teachers); new heads keep their initialisation."""
     model_config = student_config(config, specs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
         model = RadioWithAdaptors(model_config)
-    if config.student.init_from is not None:
-        _initialise_from(model, config.student.init_from)
+    if init_state is not None:
+        own = model.state_dict()
+        matched = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(matched, strict=False)
+        logger.info(f"student initialised from {config.student.init_from}: {len(matched)}/{len(own)} tensors")
     if config.student.spectral_reparam:
         enable_spectral_reparam(model)
     return model
-
-
-def _initialise_from(model: RadioWithAdaptors, path: str) -> None:
-    """Copy every tensor of the student at `path` whose name and shape match (backbone and the heads of
-    shared teachers); new heads keep their initialisation. `path`: a run directory (its newest checkpoint)
-    or a RadioWithAdaptors folder."""
-    from pathlib import Path
-
-    from distill.export import load_run_student  # the run's student is built by this module
-
-    source = Path(path)
-    if (source / "config.json").is_file():
-        state = RadioWithAdaptors.from_pretrained(source).state_dict()
-    elif (source / "config.yaml").is_file():
-        state = baked_state_dict(load_run_student(source))
-    else:
-        raise FileNotFoundError(
-            f"student.init_from: {source} is neither a RadioWithAdaptors folder nor a run directory"
-        )
-    own = model.state_dict()
-    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(matched, strict=False)
-    logger.info(f"student initialised from {source}: {len(matched)}/{len(own)} tensors")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -113,6 +102,7 @@ class SpectralReparam(nn.Module):
 
     sigma is u^T W v with u, v from one power-iteration step per training forward (none in eval), as
     torch's spectral_norm. `scale` starts so that the reparametrised weight equals W (init to current norm).
+    u, v and sigma stay float32 when the weight is bf16 (`precision: bf16`); the result has W's dtype.
     """
 
     def __init__(self, weight: torch.Tensor, init_iterations: int = 15) -> None:
@@ -133,18 +123,20 @@ class SpectralReparam(nn.Module):
 
     @torch.no_grad()
     def _power_iteration(self, weight: torch.Tensor) -> None:
+        weight = weight.to(self._u.dtype)
         self._v.copy_(F.normalize(weight.T @ self._u, dim=0, eps=1e-12))
         self._u.copy_(F.normalize(weight @ self._v, dim=0, eps=1e-12))
 
     def _sigma(self, weight: torch.Tensor) -> torch.Tensor:
         # clones: a later power iteration must not modify tensors saved for this forward's backward
-        return torch.dot(self._u.clone(), weight @ self._v.clone()) + 1e-6
+        return torch.dot(self._u.clone(), weight.to(self._u.dtype) @ self._v.clone()) + 1e-6
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        """weight (out, in) -> reparametrised weight (out, in)"""
+        """weight (out, in) -> reparametrised weight (out, in), same dtype"""
         if self.training:
             self._power_iteration(weight.detach())
-        return weight * (F.softplus(self.scale) + 0.05) / self._sigma(weight)
+        factor = (F.softplus(self.scale.to(self._u.dtype)) + 0.05) / self._sigma(weight)
+        return weight * factor.to(weight.dtype)
 
 
 def _spectral_linears(model: RadioWithAdaptors) -> list[nn.Linear]:
@@ -172,8 +164,14 @@ def baked_state_dict(model: RadioWithAdaptors) -> dict[str, torch.Tensor]:
     return state
 
 
-def exportable_student(model: RadioWithAdaptors) -> RadioWithAdaptors:
-    """A plain copy for `save_pretrained`: spectral weights baked, ViTDet off, eval mode.
+def exportable_student(
+    model: RadioWithAdaptors,
+    phi_s: PhiSStandardizer | None = None,
+    heads: Mapping[str, str] | None = None,
+) -> RadioWithAdaptors:
+    """A plain float32 copy for `save_pretrained`: spectral weights baked, ViTDet off, eval mode, and with
+    `phi_s` (the run's PHI-S statistics; `heads` maps teacher -> adaptor head) the inverse standardisation
+    folded into the last Linear of every standardised head, so that its outputs are in the teacher's space.
 
     (A fresh model loaded with the baked weights: deep-copying a parametrised module shares its generated
     class, so removing the parametrisation from the copy would break the original.)
@@ -182,6 +180,11 @@ def exportable_student(model: RadioWithAdaptors) -> RadioWithAdaptors:
     config.vitdet_window_size = config.vitdet_num_global = config.vitdet_num_windowed = None
     plain = RadioWithAdaptors(config)
     plain.load_state_dict(baked_state_dict(model))
+    for term in phi_s.dims if phi_s is not None else ():
+        teacher, _, kind = term.rpartition("/")
+        head = plain.adaptors[heads[teacher]]
+        mlp = head.summary if kind == "summary" else head.feature
+        phi_s.fold_into(term, [m for m in mlp.modules() if isinstance(m, nn.Linear)][-1])
     return plain.to(next(model.parameters()).device).eval()
 
 

@@ -1,28 +1,28 @@
 """`radio-distill train`: multi-teacher distillation of a RADIO student, top to bottom.
 
-build (student, teachers) -> freeze (teachers, logged) -> load (resume) -> data -> engine -> loop -> save.
+data sources -> build (student, teachers) -> freeze (teachers, logged) -> engine -> load (resume) -> batches
+-> loop -> evaluate -> save.
 
     train(load_config("configs/distill/tiny.yaml"), "runs/tiny")
     torchrun --nproc_per_node 8 -m distill train --config configs/distill/radio_vit_h_stage2.yaml --output-dir runs/h2
 
 Each rank runs the teacher group(s) `distill.partition` gives it; the loss of a group is scaled so the
-global update is the intended weighted sum. Every `train.log_every` steps rank 0 writes one JSON line to
-`<output-dir>/metrics.jsonl` (step, loss, lr, per-teacher losses and cosines, images/s, share of step time
-in teachers and the step-time breakdown); every `train.save_every` steps an atomic checkpoint. The end:
-`<output-dir>/student/` (RadioWithAdaptors folder) and `<output-dir>/final_metrics.json`.
+global update is the intended weighted sum. Every `train.log_every` steps the ranks reduce their
+statistics and rank 0 writes one JSON line to `<output-dir>/metrics.jsonl` (and to TensorBoard / W&B with
+`train.report_to`, `distill.reporting`); every `train.save_every` steps an atomic checkpoint. The end:
+every rank evaluates its share of the held-out images (`distill.evaluate`), then rank 0 writes
+`<output-dir>/student/` (RadioWithAdaptors folder, teacher-space heads) and `final_metrics.json`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import os
+import math
 import random
-import signal
+import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -31,20 +31,19 @@ from tqdm import tqdm
 
 from distill.batches import GroupBatches, ShardBatches, build_sources
 from distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from distill.config import DistillConfig, load_config, save_config
-from distill.engine import Engine, init_distributed
-from distill.evaluate import evaluate_student, format_table, write_metrics
-from distill.losses import DistillLoss, LossOutput, PhiSBalancer, build_balancer, loss_terms
+from distill.config import ConfigError, DistillConfig, config_to_dict, load_config, save_config
+from distill.engine import Collectives, Engine, init_distributed
+from distill.evaluate import EvalContext, evaluate, format_table, scalars, write_metrics
+from distill.export import init_state
+from distill.losses import PHI_S_FILE, DistillLoss, LossOutput, PhiSBalancer, build_balancer, teacher_terms
 from distill.partition import RankPlan
+from distill.reporting import MetricsLog, Reporter, check_backends
 from distill.student import SPECTRAL_SCALE_SUFFIX, build_student, exportable_student, sample_vitdet
 from distill.teachers import TeacherOutput, get_teacher_spec, load_teacher
 from radio_vlm import RadioWithAdaptors
 
 logger = logging.getLogger("distill")
-METRICS = "metrics.jsonl"
-PHI_S_FILE = "phi_s.safetensors"
-# Test hook: SIGKILL this process right after optimizer step N (before any checkpoint of that step).
-KILL_AT_STEP_ENV = "RADIO_DISTILL_KILL_AT_STEP"
+DATA_INDEX = "data_index"  # folder sources' file lists, written once per run (distill.index)
 
 
 class DistillModule(nn.Module):
@@ -73,139 +72,67 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return random.Random(f"{seed}/{step}/{rank}").getrandbits(63)
 
 
-def _all_reduce_sum(values: list[float]) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64)
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        torch.distributed.all_reduce(tensor)
-    return tensor.tolist()
-
-
-class MetricsLog:
-    """Sums per-step statistics between log lines and reduces them over ranks when a line is written."""
-
-    def __init__(self, terms: list[str], path: Path, is_main: bool) -> None:
-        self.terms, self.path, self.is_main = terms, path, is_main
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: dict[str, float] = defaultdict(float)
-        self.start = time.perf_counter()
-        self.steps = 0
-
-    def add_step(
-        self,
-        outputs: list[tuple[float, LossOutput]],
-        world: int,
-        micro_steps: int,
-        images: int,
-        skipped: int,
-        times: dict,
-    ) -> None:
-        """outputs: (loss scale, LossOutput) of every group run in this step's `micro_steps` micro-batches;
-        skipped: unreadable images this rank replaced in the step's batches."""
-        self.steps += 1
-        self.sums["skipped_images"] += skipped
-        # the step's loss: the weighted global objective, averaged over micro-batches
-        self.sums["loss"] += sum(scale * out.total.item() for scale, out in outputs) / (world * micro_steps)
-        self.sums["images"] += images
-        for key, value in times.items():
-            self.sums[f"time/{key}"] += value
-        for _, out in outputs:
-            for term, value in out.components.items():
-                self.sums[f"loss/{term}"] += value.item()
-                self.sums[f"count/{term}"] += 1
-                self.sums[f"cos/{term}"] += out.cosine[term].item()
-
-    def write(self, step: int, lr: float, grad_norm: float | None, world: int, bar: tqdm | None) -> dict:
-        keys = [
-            "loss",
-            "images",
-            "skipped_images",
-            *(f"time/{k}" for k in ("data", "teachers", "student", "optimizer", "step")),
-        ]
-        keys += [f"{kind}/{term}" for term in self.terms for kind in ("loss", "cos", "count")]
-        totals = dict(zip(keys, _all_reduce_sum([self.sums[k] for k in keys])))
-        elapsed = time.perf_counter() - self.start
-        step_time = totals["time/step"] / world
-        record = {"step": step, "loss": totals["loss"] / self.steps, "lr": lr,
-                  "images_per_s": totals["images"] / elapsed,
-                  "skipped_images": int(totals["skipped_images"]),
-                  "teacher_time_share": totals["time/teachers"] / max(totals["time/step"], 1e-12),
-                  **{f"{k}_s": totals[f"time/{k}"] / world / self.steps for k in ("data", "teachers", "student", "optimizer")},
-                  "step_s": step_time / self.steps, "grad_norm": grad_norm}  # fmt: skip
-        for term in self.terms:
-            count = totals[f"count/{term}"]
-            if count:
-                record[f"loss/{term}"] = totals[f"loss/{term}"] / count
-                record[f"cos/{term}"] = totals[f"cos/{term}"] / count
-        if self.is_main:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            if bar is not None:
-                cosines = " ".join(
-                    f"{t}={record[f'cos/{t}']:.3f}" for t in self.terms if f"cos/{t}" in record
-                )
-                bar.set_postfix_str(
-                    f"loss={record['loss']:.4f} img/s={record['images_per_s']:.1f} cos {cosines}"
-                )
-        self.reset()
-        return record
-
-
-def _gather_data_positions(state: dict) -> dict:
-    """{rank: that rank's data position} (empty for map-style data, whose position is the step)."""
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-        return {"0": state} if state else {}
-    states = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(states, state)
-    return {str(r): s for r, s in enumerate(states) if s}
-
-
-def _truncate_metrics(path: Path, after_step: int) -> None:
-    """Drop lines logged after the checkpoint we resume from (they will be logged again)."""
-    if path.is_file():
-        lines = [
-            line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= after_step
-        ]
-        path.write_text("".join(line + "\n" for line in lines))
-
-
-def _fit_phi_s(
-    balancer: PhiSBalancer, plan: RankPlan, batches: GroupBatches, teachers, config, device
-) -> None:
-    """PHI-S statistics from the teacher outputs of the first `loss.phi_s_batches` steps' batches."""
-    for step in range(config.loss.phi_s_batches):
+def _fit_phi_s(balancer: PhiSBalancer, plan: RankPlan, batches: GroupBatches | ShardBatches, teachers,
+              config: DistillConfig, collectives: Collectives) -> None:  # fmt: skip
+    """PHI-S statistics from the teacher outputs of the first steps' batches, until every term has seen
+    `loss.phi_s_samples_per_dim` x D vectors over all ranks (patch tokens count)."""
+    terms = sorted(balancer.dims)
+    needed = torch.tensor([math.ceil(config.loss.phi_s_samples_per_dim * balancer.dims[t]) for t in terms])
+    step = 0
+    while True:
+        seen = collectives.all_reduce_sum(
+            torch.tensor([balancer.observed()[t] for t in terms], dtype=torch.float64)
+        )
+        missing = {t for t, n, goal in zip(terms, seen.tolist(), needed.tolist()) if n < goal}
+        if not missing:
+            break
         for assignment in plan.assignments(step):
-            batch = batches.next_batch(assignment.group).to(device)
+            batch = batches.next_batch(assignment.group).to(collectives.device)
             for name in config.groups[assignment.group].teachers:
-                target = teachers[name](batch.teacher_images[name])
-                balancer.observe(name, target.summary, target.features)
-    balancer.fit()
+                if {f"{name}/summary", f"{name}/features"} & missing:
+                    target = teachers[name](batch.teacher_images[name])
+                    keep = {k: v if f"{name}/{k}" in missing else None for k, v in vars(target).items()}
+                    balancer.observe(name, keep["summary"], keep["features"])
+        step += 1
+    balancer.fit(collectives.all_reduce_sum)
+    logger.info(
+        f"PHI-S statistics from {step} steps' batches: "
+        + ", ".join(f"{t} {int(n):,}" for t, n in zip(terms, seen.tolist()))
+    )
 
 
 def train(config: DistillConfig, output_dir: str | Path, resume: bool = False) -> dict:
     """Run the distillation described by `config` into `output_dir`; returns the final metrics."""
     output_dir = Path(output_dir)
-    rank, world, _ = init_distributed(config.distributed.backend)
-    is_main = rank == 0
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(message)s")
-    device = torch.device(config.train.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if is_main:
+    comm = init_distributed(config.distributed.backend, config.train.device)
+    logging.basicConfig(level=logging.INFO if comm.is_main else logging.WARNING, format="%(message)s")
+    check_backends(config.train.report_to)  # on every rank: a missing package stops them all
+    if comm.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "config.yaml")
+    logger.info(f"process group: {comm.backend}, {comm.world_size} rank(s), device {comm.device}, "
+                f"precision {config.distributed.precision}")  # fmt: skip
+
+    # ---- data sources first: a bad data index stops every rank before any teacher loads
+    train_source, held_out = build_sources(
+        config.data, config.train.seed, output_dir / DATA_INDEX, comm.on_main
+    )
 
     # ---- build: teacher specs, student, rank plan
     specs = {
         t.name: get_teacher_spec(t.name, **({"source": t.source} if t.source else {}))
         for t in config.teachers
     }
-    student = build_student(config, specs)
-    plan = RankPlan(config.groups, rank, world, config.distributed.group_sampling, config.train.seed)
+    start_from = init_state(config.student.init_from) if config.student.init_from else None
+    student = build_student(config, specs, start_from)
+    plan = RankPlan(
+        config.groups, comm.rank, comm.world_size, config.distributed.group_sampling, config.train.seed
+    )
     logger.info(plan.describe())
 
     # ---- freeze: teachers are frozen and in inference mode; only the groups this rank runs are loaded
     needed = sorted({t for k in plan.possible_groups() for t in config.groups[k].teachers})
-    teachers = {name: load_teacher(specs[name], device) for name in needed}
+    teachers = {name: load_teacher(specs[name], comm.device) for name in needed}
     for name, teacher in teachers.items():
         frozen = sum(p.numel() for p in teacher.parameters())
         logger.info(f"teacher {name}: {frozen:,} params frozen ({teacher.dtype}, {specs[name].resolution}px)")
@@ -213,60 +140,63 @@ def train(config: DistillConfig, output_dir: str | Path, resume: bool = False) -
     logger.info(f"student: {trainable:,} trainable params, heads {sorted(student.adaptors)}")
 
     # ---- loss and engine
-    weights = {
-        t.name: (t.summary_weight if specs[t.name].summary else 0.0, t.feature_weight)
-        for t in config.teachers
-    }
-    dims = {f"{n}/summary": s.summary_dim for n, s in specs.items() if s.summary_dim}
-    dims |= {f"{n}/features": s.feature_dim for n, s in specs.items()}
-    balancer = build_balancer(config.loss.balancer, loss_terms(weights), dims, config.loss.adaloss_momentum)
-    module = DistillModule(student, DistillLoss(balancer), {t.name: t.head for t in config.teachers})
-    engine = Engine(module, config, SPECTRAL_SCALE_SUFFIX)
+    weights, dims = teacher_terms(config.teachers, specs)
+    balancer = build_balancer(
+        config.loss.balancer, weights, dims, config.loss.adaloss_momentum, comm.all_reduce_sum
+    )
+    heads = {t.name: t.head for t in config.teachers}
+    engine = Engine(DistillModule(student, DistillLoss(balancer), heads), config, SPECTRAL_SCALE_SUFFIX, comm)
     student, balancer = engine.module.student, engine.module.loss.balancer
 
     # ---- load: resume from the newest complete checkpoint
-    start_step = 0
+    start_step, trainer_state = 0, {}
     checkpoint = latest_checkpoint(output_dir) if resume else None
     if checkpoint is not None:
         trainer_state = load_checkpoint(checkpoint, engine)
         start_step = trainer_state["step"]
         logger.info(f"resumed from {checkpoint} at step {start_step}")
-    if is_main:
-        if checkpoint is None:
-            (output_dir / METRICS).unlink(missing_ok=True)
-        _truncate_metrics(output_dir / METRICS, start_step)
 
-    # ---- data
-    train_source, held_out = build_sources(config.data, config.train.seed)
+    # ---- batches
     gas, max_steps = config.distributed.grad_accum, config.train.max_steps
-    if isinstance(balancer, PhiSBalancer) and checkpoint is None:
-        if config.data.source == "webdataset":
-            probe = ShardBatches(train_source, config.groups, specs, plan, config.data, config.train.seed)
-        else:
-            probe = GroupBatches(train_source, config.groups, specs, plan, config.data, config.train.seed, 0,
-                                 config.loss.phi_s_batches, 1)  # fmt: skip
-        _fit_phi_s(balancer, plan, probe, teachers, config, device)
-        if is_main:
-            balancer.save_statistics(str(output_dir / PHI_S_FILE))
-    if config.data.source == "webdataset":
-        position = trainer_state.get("data", {}).get(str(rank)) if checkpoint is not None else None
-        batches = ShardBatches(
+
+    def batches_from(step: int, steps: int):
+        if config.data.source != "webdataset":
+            return GroupBatches(train_source, config.groups, specs, plan, config.data, config.train.seed,
+                                step, steps, gas)  # fmt: skip
+        if trainer_state and trainer_state.get("world_size") != comm.world_size:
+            raise ConfigError(
+                f"{checkpoint}: written by {trainer_state.get('world_size')} ranks, resumed with {comm.world_size}; "
+                f"WebDataset positions are per rank: resume with the same number of ranks"
+            )
+        position = trainer_state.get("data", {}).get(str(comm.rank)) if step else None
+        return ShardBatches(
             train_source, config.groups, specs, plan, config.data, config.train.seed, position
         )
-    else:
-        batches = GroupBatches(train_source, config.groups, specs, plan, config.data, config.train.seed,
-                               start_step, max_steps, gas)  # fmt: skip
+
+    if isinstance(balancer, PhiSBalancer) and checkpoint is None:
+        _fit_phi_s(balancer, plan, batches_from(0, sys.maxsize), teachers, config, comm)
+        if comm.is_main:
+            balancer.save_statistics(str(output_dir / PHI_S_FILE))
+    batches = batches_from(start_step, max_steps)
 
     # ---- loop
-    terms = sorted(loss_terms(weights))
-    log = MetricsLog(terms, output_dir / METRICS, is_main)
+    reporter = (
+        Reporter(output_dir, config.train.report_to, config_to_dict(config), start_step)
+        if comm.is_main
+        else None
+    )
+    log = MetricsLog(sorted(weights), comm, reporter)
     bar = tqdm(
-        range(start_step, max_steps), initial=start_step, total=max_steps, desc="distill", disable=not is_main
+        range(start_step, max_steps),
+        initial=start_step,
+        total=max_steps,
+        desc="distill",
+        disable=not comm.is_main,
     )
     engine.train()
     for step in bar:
-        torch.manual_seed(step_seed(config.train.seed, step, rank))
-        window_rng = random.Random(step_seed(config.train.seed, step, rank))
+        torch.manual_seed(step_seed(config.train.seed, step, comm.rank))
+        window_rng = random.Random(step_seed(config.train.seed, step, comm.rank))
         times = dict.fromkeys(("data", "teachers", "student", "optimizer"), 0.0)
         step_start, outputs, images, skipped = time.perf_counter(), [], 0, 0
         for _ in range(gas):
@@ -274,7 +204,7 @@ def train(config: DistillConfig, output_dir: str | Path, resume: bool = False) -
             for assignment in plan.assignments(step):
                 group = config.groups[assignment.group]
                 t0 = time.perf_counter()
-                batch = batches.next_batch(assignment.group).to(device)
+                batch = batches.next_batch(assignment.group).to(comm.device)
                 t1 = time.perf_counter()
                 targets = {name: teachers[name](batch.teacher_images[name]) for name in group.teachers}
                 t2 = time.perf_counter()
@@ -294,32 +224,32 @@ def train(config: DistillConfig, output_dir: str | Path, resume: bool = False) -
             times["optimizer"] += time.perf_counter() - t4
             outputs += micro
         times["step"] = time.perf_counter() - step_start
-        log.add_step(outputs, world, gas, images, skipped, times)
+        log.add_step(outputs, gas, images, skipped, times)
         done = step + 1
         if done % config.train.log_every == 0 or done == max_steps:
-            log.write(done, engine.lr, engine.grad_norm(), world, bar)
+            log.write(done, engine.lr, engine.grad_norm(), bar)
         if (config.train.save_every and done % config.train.save_every == 0) or done == max_steps:
-            state = {"step": done, "data": _gather_data_positions(batches.state())}
+            positions = comm.all_gather_object(batches.state())
+            state = {"step": done, "world_size": comm.world_size,
+                     "data": {str(r): p for r, p in enumerate(positions) if p}}  # fmt: skip
             save_checkpoint(
-                output_dir, done, engine, student.state_dict(), state, is_main, config.train.keep_checkpoints
+                output_dir, done, engine, student.state_dict(), state, config.train.keep_checkpoints
             )
-        if os.environ.get(KILL_AT_STEP_ENV) == str(done):
-            os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
 
-    # ---- save: the exported student and the held-out evaluation (rank 0)
-    metrics = {}
-    if is_main:
-        final = exportable_student(student)
-        final.save_pretrained(output_dir / "student")
-        eval_teachers = {
-            t.name: teachers.get(t.name) or load_teacher(specs[t.name], device) for t in config.teachers
-        }
-        metrics = evaluate_student(student, eval_teachers, config, held_out, balancer, device, engine.dtype)
+    # ---- evaluate (every rank, its share of the held-out images) and save (rank 0)
+    context = EvalContext(
+        student, teachers, config, plan, held_out, balancer, comm.device, engine.dtype, comm
+    )
+    metrics = evaluate(context)
+    if comm.is_main:
+        phi_s = balancer.standardizer if isinstance(balancer, PhiSBalancer) else None
+        exportable_student(student, phi_s, heads).save_pretrained(output_dir / "student")
         write_metrics(metrics, output_dir)
+        reporter.log(max_steps, scalars(metrics), to_jsonl=False)
+        reporter.close()
         print(format_table(metrics))
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    comm.barrier()
     return metrics
 
 

@@ -2,7 +2,8 @@
 
 `python partition_grad_worker.py OUT` under torchrun: one micro-step of the partitioned run of
 configs/distill/tiny_partitioned.yaml; rank 0 saves the engine's reduced gradients (what DeepSpeed's
-optimizer would apply) to OUT.
+optimizer would apply) to OUT, and the end-of-run evaluation of the (unchanged) student, which every rank
+computes on its share of the held-out images with only its own group's teachers loaded.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from distill.batches import build_sources, sample_item
 from distill.config import DistillConfig, load_config
 from distill.data import DistillDataset, DistillView, collate_distill
-from distill.losses import DistillLoss, build_balancer, loss_terms
+from distill.losses import DistillLoss, build_balancer, teacher_terms
 from distill.partition import Assignment, RankPlan
 from distill.student import build_student
 from distill.teachers import get_teacher_spec, load_teacher
@@ -29,11 +30,7 @@ OVERRIDES = ["groups.0.batch_size=3", "groups.1.batch_size=2", "groups.0.weight=
 def build_module(config: DistillConfig):
     """(DistillModule, {teacher: Teacher}) exactly as `distill.train` builds them."""
     specs = {t.name: get_teacher_spec(t.name) for t in config.teachers}
-    weights = {
-        t.name: (t.summary_weight if specs[t.name].summary else 0.0, t.feature_weight)
-        for t in config.teachers
-    }
-    balancer = build_balancer("naive", loss_terms(weights))
+    balancer = build_balancer("naive", teacher_terms(config.teachers, specs)[0])
     module = DistillModule(
         build_student(config, specs), DistillLoss(balancer), {t.name: t.head for t in config.teachers}
     )
@@ -51,25 +48,45 @@ def group_batch(config: DistillConfig, plan: RankPlan, assignment: Assignment, t
     return batch.student_images, {t: teachers[t](batch.teacher_images[t]) for t in group.teachers}
 
 
+def full_grads(engine) -> dict[str, torch.Tensor]:
+    """Every parameter's full (reduced across ranks) gradient, after `backward` and before `step`."""
+    from deepspeed.utils import safe_get_full_grad
+
+    grads = {}
+    for name, param in engine.module.named_parameters():
+        grad = safe_get_full_grad(param)
+        if grad is not None:
+            grads[name] = grad.detach().float().cpu().clone()
+    return grads
+
+
 def main(out: str) -> None:
     from distill.engine import Engine, init_distributed
+    from distill.evaluate import EvalContext, evaluate
     from distill.student import SPECTRAL_SCALE_SUFFIX
 
     config = load_config(CONFIG, OVERRIDES)
-    rank, world, _ = init_distributed("gloo")
+    comm = init_distributed("gloo")
     module, teachers = build_module(config)
-    engine = Engine(module, config, SPECTRAL_SCALE_SUFFIX)
+    engine = Engine(module, config, SPECTRAL_SCALE_SUFFIX, comm)
     engine.train(False)  # no CPE randomness: this test is about the gradient scaling
-    plan = RankPlan(config.groups, rank, world, "fixed", config.train.seed)
+    plan = RankPlan(config.groups, comm.rank, comm.world_size, "fixed", config.train.seed)
     losses = []
     for assignment in plan.assignments(0):
         images, targets = group_batch(config, plan, assignment, teachers)
         losses.append(assignment.scale * engine(images, targets).total)
     engine.backward(sum(losses))
-    grads = engine.full_grads()
-    if rank == 0:
-        torch.save({"grads": grads, "world": world, "assignments": len(losses)}, out)
-    torch.distributed.barrier()
+    grads = full_grads(engine)
+
+    own = {t for a in plan.assignments(0) for t in config.groups[a.group].teachers}
+    _, held_out = build_sources(config.data, config.train.seed)
+    context = EvalContext(module.student, {t: teachers[t] for t in own}, config, plan, held_out,
+                          module.loss.balancer, comm.device, collectives=comm)  # fmt: skip
+    metrics = evaluate(context)
+    if comm.rank == 0:
+        torch.save({"grads": grads, "world": comm.world_size, "assignments": len(losses), "teachers": sorted(own),
+                    "metrics": metrics}, out)  # fmt: skip
+    comm.barrier()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Distillation data: reproducible views, per-teacher resizing/normalisation, skipped images, WebDataset shards."""
+"""Distillation data: reproducible views, per-teacher resizing/normalisation, skipped images, WebDataset shards
+(split by rank, resumed without decoding what was already read)."""
 
 import io
 
@@ -15,10 +16,10 @@ from distill.data import (
     ImageFolderSource,
     SkimageSource,
     SyntheticSource,
-    TarShardSource,
     WebDatasetStream,
     collate_distill,
 )
+from distill.index import build_index
 from distill.teachers import get_teacher_spec
 
 TEACHERS = [get_teacher_spec(n) for n in ("tiny_clip", "tiny_dinov2", "tiny_sam")]
@@ -79,25 +80,25 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     (tmp_path / "a" / "b" / "4.png").write_bytes(_png_bytes(4))
     (tmp_path / "a" / "b" / "5_empty.webp").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("not an image file, ignored")
-    source = ImageFolderSource(tmp_path)
-    assert [p.name for p in source.paths] == [
+    (tmp_path / "a" / "9_missing.png").write_bytes(_png_bytes(9))
+    source = ImageFolderSource(tmp_path, build_index(tmp_path / "index", tmp_path))
+    (tmp_path / "a" / "9_missing.png").unlink()  # removed after indexing: skipped like a corrupt file
+    assert [p.rsplit("/", 1)[-1] for p in source.paths] == [
         "1.png",
         "2_garbage.jpg",
         "3_truncated.png",
+        "9_missing.png",
         "4.png",
         "5_empty.webp",
     ]
     dataset = DistillDataset(source, _view(), seed=0)
-    loader = DataLoader(dataset, batch_size=5, collate_fn=collate_distill)
+    loader = DataLoader(dataset, batch_size=6, collate_fn=collate_distill, num_workers=1)
     batch = next(iter(loader))
-    assert batch.student_images.shape == (5, 3, 64, 64)
-    # index 1 -> 2 skipped (garbage, truncated) -> 4.png; index 2 -> 1 skipped; index 4 -> 1 skipped (wraps to 1.png)
-    assert batch.num_skipped == 2 + 1 + 1
-    assert torch.equal(batch.sample_ids, torch.arange(5))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        ImageFolderSource(tmp_path / "missing")
-    with pytest.raises(ValueError, match="holds no files"):
-        ImageFolderSource(tmp_path / "a", extensions=(".bmp",))
+    assert batch.student_images.shape == (6, 3, 64, 64)
+    # index 1 -> 3 skipped (garbage, truncated, missing) -> 4.png; index 2 -> 2; index 3 -> 1;
+    # index 5 -> 1 skipped (wraps to 1.png)
+    assert batch.num_skipped == 3 + 2 + 1 + 1
+    assert torch.equal(batch.sample_ids, torch.arange(6))
 
 
 def test_skimage_photos_load_as_rgb():
@@ -148,33 +149,37 @@ def test_webdataset_shards_split_by_rank_skip_corrupt_and_resume(shards):
     again = list(WebDatasetStream(shards, _view(), 2, seed=1))
     assert _ids(again) == _ids(full) and torch.equal(again[3].student_images, full[3].student_images)
     resumed = WebDatasetStream(shards, _view(), 2, seed=1)
-    resumed.set_start(4)
+    role, done, read = full[3].stream_state
+    resumed.set_position({role: (done, read)}, next_role=0)
     assert _ids(resumed) == _ids(full)[4:]
     other_epoch = WebDatasetStream(shards, _view(), 2, seed=1)
     other_epoch.set_epoch(1)
     assert _ids(other_epoch) != _ids(full)  # shards reshuffled per epoch
 
 
-def test_webdataset_resume_with_dataloader_workers(shards):
-    stream = WebDatasetStream(shards, _view(), batch_size=2, seed=0)
-    full = list(DataLoader(stream, batch_size=None, num_workers=2))
-    ids = [i for b in full for i in b.sample_ids.tolist()]
-    assert len(full) >= 10 and len(ids) == len(set(ids))  # 2 workers x 2 shards each
-    stream.set_start(3)
-    resumed = list(DataLoader(stream, batch_size=None, num_workers=2))
-    assert _ids(resumed) == _ids(full)[3:]
-    assert torch.equal(resumed[0].student_images, full[3].student_images)
+def test_webdataset_resume_decodes_only_what_it_yields(shards, monkeypatch):
+    import distill.data
 
+    decoded = []
 
-def test_tar_shard_source_gives_index_access_and_skips_corrupt(shards):
-    source = TarShardSource(shards)
-    assert len(source) == 23  # 24 records, one without an image
-    dataset = DistillDataset(source, _view(), seed=0)
-    corrupt = next(i for i, entry in enumerate(source.entries) if entry[3].endswith(".jpg"))
-    with pytest.raises(ValueError, match="corrupt"):
-        source.load(corrupt)
-    sample = dataset[corrupt]
-    assert sample.skipped == 1 and sample.student_image.shape == (3, 64, 64)
-    png = np.asarray(source.load(0))
-    expected = np.asarray(PIL.Image.open(io.BytesIO(_png_bytes(0))).convert("RGB"))
-    assert np.array_equal(png, expected)  # shard 0, record 0 was written from _png_bytes(0)
+    def counting(data, name=None):
+        decoded.append(name)
+        return load_image(data, name=name)
+
+    load_image = distill.data.load_image
+    monkeypatch.setattr(distill.data, "load_image", counting)
+    full = list(WebDatasetStream(shards, _view(), batch_size=2, seed=1))
+    decoded_in_full = list(decoded)
+    stop = 6  # batches already taken before the "kill"
+    stream = WebDatasetStream(shards, _view(), batch_size=2, seed=1)
+    decoded.clear()
+    for batch in stream:  # the original run up to the kill: how many images it decoded
+        if batch.sample_ids.tolist() == full[stop - 1].sample_ids.tolist():
+            break
+    before_kill = len(decoded)
+    decoded.clear()
+    resumed = WebDatasetStream(shards, _view(), batch_size=2, seed=1)
+    role, done, read = full[stop - 1].stream_state
+    resumed.set_position({role: (done, read)}, next_role=0)
+    assert _ids(resumed) == _ids(full)[stop:]
+    assert decoded == decoded_in_full[before_kill:]  # nothing before the cursor is decoded again

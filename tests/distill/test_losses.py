@@ -209,6 +209,43 @@ def test_phi_s_standardises_targets_and_round_trips_through_safetensors(tmp_path
     )
 
 
+def test_phi_s_warns_naming_the_teacher_when_the_covariance_is_rank_deficient(caplog):
+    dim = 32
+    balancer = build_balancer(
+        "phi_s", {"big/features": 1.0, "ok/summary": 1.0}, dims={"big/features": dim, "ok/summary": 4}
+    )
+    balancer.observe("big", None, torch.randn(1, 4, 5, dim, generator=_gen(1)))  # 20 vectors for 32 dims
+    balancer.observe("ok", torch.randn(50, 4, generator=_gen(2)), None)
+    assert balancer.observed() == {"big/features": 20, "ok/summary": 50}
+    with caplog.at_level("WARNING"):
+        balancer.fit()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert (
+        len(warnings) == 1
+        and "teacher 'big' features covariance has rank 19 < 32 (from 20 vectors)" in warnings[0]
+    )
+
+
+def test_phi_s_folded_into_a_linear_layer_equals_denormalising_its_output():
+    from torch import nn
+
+    dim = 12
+    balancer = build_balancer("phi_s", {"t/features": 1.0}, dims={"t/features": dim})
+    mixing = torch.randn(dim, dim, generator=_gen(6)) * torch.linspace(0.1, 3.0, dim)
+    balancer.observe("t", None, torch.randn(500, dim, generator=_gen(7)) @ mixing.T + 5.0)
+    balancer.fit()
+    for upsample in (1, 4):  # a feature head with upsampling emits 4 blocks of D channels per token
+        linear = nn.Linear(8, dim * upsample)
+        x = torch.randn(10, 8, generator=_gen(8))
+        with torch.no_grad():
+            expected = balancer.denormalize("t/features", linear(x).reshape(10, upsample, dim)).reshape(
+                10, -1
+            )
+        balancer.standardizer.fold_into("t/features", linear)
+        with torch.no_grad():
+            torch.testing.assert_close(linear(x), expected, atol=1e-4, rtol=1e-5)
+
+
 def test_unknown_balancer_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown loss balancing method 'ada'"):
         build_balancer("ada", {"a": 1.0})
@@ -222,10 +259,13 @@ def test_uncertainty_gives_absent_terms_zero_gradients():
 
 
 def _adaloss_rank(rank: int, world_size: int, init_file: str, results: dict) -> None:
+    from distill.engine import Collectives
+
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
     )
-    balancer = AdaLossBalancer({"a": 1.0, "b": 1.0})
+    collectives = Collectives(rank, world_size, rank, torch.device("cpu"), "gloo")
+    balancer = AdaLossBalancer({"a": 1.0, "b": 1.0}, reduce_sum=collectives.all_reduce_sum)
     losses = [{"a": torch.tensor(2.0)}, {"a": torch.tensor(4.0), "b": torch.tensor(5.0)}][rank]
     balancer(losses)
     results[rank] = (balancer.running_mean("a").item(), balancer.running_mean("b").item())

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from distill.batches import build_sources
 from distill.config import GroupConfig, load_config
+from distill.evaluate import evaluate_student
 from distill.partition import RankPlan, ranks_per_group
 
 WORKER = Path(__file__).with_name("partition_grad_worker.py")
@@ -63,6 +65,7 @@ def test_two_rank_partitioned_gradient_equals_single_process(tmp_path, subproces
     assert result.returncode == 0, result.stderr[-4000:]
     saved = torch.load(out, weights_only=True)
     assert saved["world"] == 2 and saved["assignments"] == 1  # each rank ran only its own group
+    assert saved["teachers"] == ["tiny_clip", "tiny_dinov2"]  # and held only its own teachers
 
     worker = _worker_module()
     config = load_config(worker.CONFIG, worker.OVERRIDES)
@@ -82,3 +85,14 @@ def test_two_rank_partitioned_gradient_equals_single_process(tmp_path, subproces
     # both groups matter: the SAM head and the CLIP head both received gradient
     assert saved["grads"]["student.adaptors.sam.feature.fc1.weight"].abs().sum() > 0
     assert saved["grads"]["student.adaptors.clip.summary.fc1.weight"].abs().sum() > 0
+
+    # the evaluation both ranks made of their shares, reduced, is the one-process evaluation of every image
+    _, held_out = build_sources(config.data, config.train.seed)
+    expected = evaluate_student(
+        module.student, teachers, config, held_out, module.loss.balancer, torch.device("cpu")
+    )
+    assert set(saved["metrics"]["teachers"]) == {"tiny_clip", "tiny_dinov2", "tiny_sam"}
+    for name, values in expected["teachers"].items():
+        for key, value in values.items():
+            got = saved["metrics"]["teachers"][name][key]
+            assert got == value if value is None else got == pytest.approx(value, abs=1e-6), (name, key)
