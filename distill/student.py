@@ -192,16 +192,23 @@ def exportable_student(
 # ViTDet window-size sampling
 
 
-def sample_vitdet(model: RadioWithAdaptors, group: GroupConfig, rng: random.Random) -> int | None:
-    """Set the ViTDet window for this step: one of `group.vitdet_window_sizes` that tiles the group's patch
-    grid, or global attention when the group has none. Returns the window (patches) or None."""
-    grid = group.resolution // model.patch_size
+def vitdet_windows(group: GroupConfig, patch_size: int) -> list[int]:
+    """The window sizes (patches) of `group.vitdet_window_sizes` that tile the group's patch grid; an error
+    when the group asks for windows and none fits."""
+    grid = group.resolution // patch_size
     sizes = [w for w in group.vitdet_window_sizes if w > 0 and grid % w == 0]
     if group.vitdet_window_sizes and not sizes:
         raise ValueError(
             f"group {group.name!r}: none of vitdet_window_sizes {group.vitdet_window_sizes} divides the "
             f"{grid}x{grid} patch grid of resolution {group.resolution}; pick divisors of {grid}"
         )
+    return sizes
+
+
+def sample_vitdet(model: RadioWithAdaptors, group: GroupConfig, rng: random.Random) -> int | None:
+    """Set the ViTDet window for this step: one of the group's `vitdet_windows`, or global attention when
+    the group has none. Returns the window (patches) or None."""
+    sizes = vitdet_windows(group, model.patch_size)
     window = rng.choice(sizes) if sizes else None
     model.set_vitdet(window, group.vitdet_num_global)
     return window

@@ -38,7 +38,13 @@ from distill.export import init_state
 from distill.losses import PHI_S_FILE, DistillLoss, LossOutput, PhiSBalancer, build_balancer, teacher_terms
 from distill.partition import RankPlan
 from distill.reporting import MetricsLog, Reporter, check_backends
-from distill.student import SPECTRAL_SCALE_SUFFIX, build_student, exportable_student, sample_vitdet
+from distill.student import (
+    SPECTRAL_SCALE_SUFFIX,
+    build_student,
+    exportable_student,
+    sample_vitdet,
+    vitdet_windows,
+)
 from distill.teachers import TeacherOutput, get_teacher_spec, load_teacher
 from radio_vlm import RadioWithAdaptors
 
@@ -125,6 +131,8 @@ def train(config: DistillConfig, output_dir: str | Path, resume: bool = False) -
     }
     start_from = init_state(config.student.init_from) if config.student.init_from else None
     student = build_student(config, specs, start_from)
+    for group in config.groups:  # every rank checks every group: an error stops all ranks, not some
+        vitdet_windows(group, student.patch_size)
     plan = RankPlan(
         config.groups, comm.rank, comm.world_size, config.distributed.group_sampling, config.train.seed
     )
