@@ -3,8 +3,8 @@
 A folder source reads its images through the run's file index (`distill.index`: built once, read with two
 `os.pread`s per sample) in the order of the O(1) epoch shuffle (`distill.batches.sample_item`, a Feistel
 permutation). The index here lists 10^3 or 10^6 entries over scikit-image's photos written as real PNG files
-(the entries repeat them: what differs between the two is the index, the shuffle and the page cache's view of
-the list, not the images). A sample is the training path itself: shuffle -> index lookup -> decode ->
+resized to one size (the entries repeat them: what differs between the two is the index, the shuffle and the
+page cache's view of the list, not the images). A sample is the training path itself: shuffle -> index lookup -> decode ->
 scale+crop -> resize for the student and three tiny teachers (`DistillDataset`).
 
     python bench/data_scale.py           # about 1-2 min on 2 cores
@@ -41,15 +41,17 @@ from distill.index import FileIndex, build_index  # noqa: E402
 from distill.teachers import get_teacher_spec  # noqa: E402
 
 SIZES = (1_000, 1_000_000)
+PHOTO_SIZE = (512, 384)
 
 
 def write_photos(folder: Path) -> list[str]:
-    """scikit-image's photos as PNG files under `folder`; their relative paths."""
+    """scikit-image's photos as 512x384 PNG files under `folder` (one size, so that which photos a sample
+    set happens to draw does not weigh on the comparison); their relative paths."""
     source, names = SkimageSource(), []
     for i, name in enumerate(SKIMAGE_PHOTOS):
         path = folder / "photos" / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        source.load(i).save(path)
+        source.load(i).resize(PHOTO_SIZE).save(path)
         names.append(f"photos/{name}.png")
     return names
 
@@ -107,7 +109,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--samples", type=int, default=60, help="samples per size per round")
+    parser.add_argument("--samples", type=int, default=80, help="samples per size per round")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds over the two sizes")
     parser.add_argument("--lookups", type=int, default=20000, help="shuffle + index lookups per size")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the memory figure")

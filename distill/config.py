@@ -66,9 +66,7 @@ class GroupConfig:
 class DataConfig:
     source: str = "synthetic"  # "synthetic", "skimage", "folder" (recursive) or "webdataset" (tar shards)
     path: str | None = None  # image folder, or tar shard pattern (e.g. /d/shard-{000000..000099}.tar)
-    index: str | None = (
-        None  # folder: text file of image paths relative to `path`, one a line; else listed once
-    )
+    index: str | None = None  # folder: a file of paths relative to `path`, one a line; else listed
     eval_path: str | None = None  # image folder of held-out images; default: held out from the source
     num_images: int = 256  # synthetic/skimage: size of the training pool
     min_scale: float = 0.35  # random scale+crop: smallest crop area fraction
@@ -82,9 +80,7 @@ class LossConfig:
     # The feature loss itself is fixed by the paper: 0.9 cosine + 0.1 smooth-L1 (AM-RADIO eq. 3, distill.losses).
     balancer: str = "naive"  # naive | uncertainty | adaloss | phi_s (AM-RADIO section 3.4.1, PHI-S)
     adaloss_momentum: float = 0.99  # AM-RADIO section 3.4.1
-    phi_s_samples_per_dim: float = (
-        2.0  # PHI-S statistics from >= this x D vectors per term (patch tokens count)
-    )
+    phi_s_samples_per_dim: float = 2.0  # PHI-S fitted on >= this x D vectors a term (tokens count)
 
 
 @dataclass
@@ -117,9 +113,7 @@ class TrainConfig:
     seed: int = 0  # seeds data order, student init and per-step augmentation RNG
     device: str | None = None  # None = cuda when available, else cpu
     eval_batch_size: int = 8  # batch size of the final evaluation
-    report_to: list[str] = field(
-        default_factory=list
-    )  # also log to "tensorboard" and/or "wandb" (offline by default)
+    report_to: list[str] = field(default_factory=list)  # also to "tensorboard", "wandb" (offline)
 
 
 @dataclass
