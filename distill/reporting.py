@@ -6,8 +6,8 @@ and cosines (`loss/<teacher>/<summary|features>`, `cos/...`), skipped images and
 Rank 0's `Reporter` appends the record to `<run>/metrics.jsonl` and writes the same scalars to every
 backend of `train.report_to`:
 
-- `tensorboard`: `<run>/tensorboard/` event files (`tensorboard --logdir <run>/tensorboard`); a resumed run
-  purges the steps after its checkpoint, which it logs again;
+- `tensorboard`: `<run>/tensorboard/` event files (`tensorboard --logdir <run>/tensorboard`); a run purges
+  the events of the steps it logs again (those after the checkpoint it resumes from);
 - `wandb`: offline unless `WANDB_MODE` says otherwise (`wandb sync <run>/wandb/offline-run-*` uploads);
   project `WANDB_PROJECT` (default radio-distill), the run directory's name, the resolved config; one run
   id per run directory, resumed with it.
@@ -69,13 +69,14 @@ class Reporter:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tensorboard = SummaryWriter(
-                run_dir / "tensorboard", purge_step=start_step + 1 if start_step else None
+                run_dir / "tensorboard",
+                purge_step=start_step + 1,  # drops what a killed run logged later
             )
         if "wandb" in report_to:
             import wandb
 
             id_file = run_dir / WANDB_ID
-            if not id_file.is_file():
+            if start_step == 0 or not id_file.is_file():  # a new run, else the one resumed
                 id_file.write_text(secrets.token_hex(6))  # W&B run ids: [a-z0-9]
             self.wandb = wandb.init(
                 project=os.environ.get("WANDB_PROJECT", "radio-distill"), name=run_dir.name, dir=run_dir,
