@@ -1,12 +1,14 @@
-"""Per-teacher adaptor heads (official MLP v1 / v2 layouts) and the PHI-S feature normalizers.
+"""Per-teacher adaptor heads (official MLP v1 / v2 / attention layouts) and the PHI-S feature normalizers.
 
-Exported next to the weights for `trust_remote_code`: torch only.
+Exported next to the weights for `trust_remote_code`: imports only torch and transformers.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import RadioConfig
+from transformers.models.radio.modeling_radio import RadioLayer
 
 
 class MLPv1(nn.Module):
@@ -57,9 +59,63 @@ class MLPv2(nn.Module):
         return self.final(x)
 
 
-def build_mlp(input_dim: int, spec: dict, output_multiplier: int = 1) -> nn.Module:
-    """An MLP head from a config spec (`hidden_dim`, `output_dim`, `num_inner`, `mlp_version`, `pre_norm`)."""
+class AttentionFeatureHead(nn.Module):
+    """Official `AttnFDHead` (`spatial_mlp_version='attn'`, C-RADIOv4): transformer blocks over the patch
+    tokens, then an MLP v2 head without inner blocks.
+
+    Each block is timm's `Block(D, num_heads, init_values=1e-5)` as the official code builds it: pre-norm,
+    LayerNorm eps 1e-6, no qkv bias, LayerScale, MLP ratio 4 with exact GELU. They are transformers' own
+    `RadioLayer`s, so the state-dict keys are `blocks.{i}.{norm1, attention.{q,k,v,o}_proj, layer_scale1,
+    norm2, mlp.fc1, mlp.fc2, layer_scale2}` and `mlp.{fc1, final.0, final.2}`.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dim: int,
+        output_dim: int,
+        num_blocks: int = 2,
+        num_heads: int = 16,
+        pre_norm: bool = False,
+        attn_implementation: str = "sdpa",
+    ):
+        super().__init__()
+        config = RadioConfig(
+            hidden_size=input_dim,
+            num_hidden_layers=num_blocks,
+            num_attention_heads=num_heads,
+            mlp_ratio=4.0,
+            qkv_bias=False,
+            layerscale_value=1e-5,
+            layer_norm_eps=1e-6,
+            attn_implementation=attn_implementation,
+        )
+        self.blocks = nn.ModuleList(RadioLayer(config) for _ in range(num_blocks))
+        self.mlp = MLPv2(input_dim, hidden_dim, output_dim, num_inner=0, pre_norm=pre_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, input_dim) patch tokens of one grid per image -> (B, T, output_dim)"""
+        for block in self.blocks:
+            x = block(x)
+        return self.mlp(x)
+
+
+def build_mlp(
+    input_dim: int, spec: dict, output_multiplier: int = 1, attn_implementation: str = "sdpa"
+) -> nn.Module:
+    """A head from a config spec (`hidden_dim`, `output_dim`, `num_inner`, `mlp_version`, `pre_norm`; an "attn"
+    head also `num_blocks`, `num_heads`)."""
     output_dim = spec["output_dim"] * output_multiplier
+    if spec["mlp_version"] == "attn":
+        return AttentionFeatureHead(
+            input_dim,
+            spec["hidden_dim"],
+            output_dim,
+            spec["num_blocks"],
+            spec["num_heads"],
+            spec.get("pre_norm", False),
+            attn_implementation,
+        )
     if spec["mlp_version"] == "v1":
         if spec.get("pre_norm"):
             raise ValueError("mlp_version 'v1' has no pre_norm; use 'v2'")
@@ -72,16 +128,21 @@ class RadioAdaptorHead(nn.Module):
 
     A feature head with `upsample_factor` u emits `u*u*C` channels per token, laid out as the official
     `b (h w) (u1 u2 c) -> b (h u1 w u2) c`, i.e. C-channel features on a u-times denser row-major grid.
-    Outputs are float32, as in the official `GenericAdaptor`.
+    Outputs are float32, as in the official `GenericAdaptor`. An "attn" feature head attends over the tokens
+    it is given, so it must be given one image's tokens per batch row (packed input is split per image).
     """
 
-    def __init__(self, embed_dim: int, spec: dict):
+    def __init__(self, embed_dim: int, spec: dict, attn_implementation: str = "sdpa"):
         super().__init__()
         self.head_idx = spec["head_idx"]
         self.summary = build_mlp(embed_dim, spec["summary"]) if spec["summary"] is not None else None
         feature = spec["feature"]
         self.upsample_factor = feature["upsample_factor"] if feature is not None else 1
-        self.feature = build_mlp(embed_dim, feature, self.upsample_factor**2) if feature is not None else None
+        self.feature = (
+            build_mlp(embed_dim, feature, self.upsample_factor**2, attn_implementation)
+            if feature is not None
+            else None
+        )
 
     def _run(self, mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
         weight = next(mlp.parameters())

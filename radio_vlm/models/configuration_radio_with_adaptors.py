@@ -20,7 +20,13 @@ except ImportError:
 BACKBONE_CONFIG_CLASSES: dict[str, type | None] = {"radio": RadioConfig, "eradio": ERadioConfig}
 
 MLP_VERSIONS = ("v1", "v2")
+# "attn" (C-RADIOv4's `spatial_mlp_version='attn'`): transformer blocks over the patch tokens, then MLP v2.
+FEATURE_HEAD_VERSIONS = (*MLP_VERSIONS, "attn")
 _HEAD_DEFAULTS = {"num_inner": 0, "mlp_version": "v2", "pre_norm": False}
+# the official `AttnFDHead` hard-codes 2 blocks of 16 heads
+_ATTN_DEFAULTS = {"num_blocks": 2, "num_heads": 16}
+# official ViT student variants, each a flag of the config (ViT backbones only)
+STUDENT_VARIANTS = ("patch_embed_bias", "mlp_norm", "scaled_ln", "final_norm")
 
 
 def _backbone_config(value: Any) -> PretrainedConfig:
@@ -48,20 +54,26 @@ def _backbone_config(value: Any) -> PretrainedConfig:
     return config_class(**value)
 
 
-def _head_spec(adaptor: str, kind: str, spec: dict | None) -> dict | None:
+def head_spec(adaptor: str, kind: str, spec: dict | None) -> dict | None:
     """Validate one adaptor head spec and fill its defaults (`num_inner` 0, `mlp_version` "v2")."""
     if spec is None:
         return None
     spec = {**_HEAD_DEFAULTS, **({"upsample_factor": 1} if kind == "feature" else {}), **spec}
-    for key in ("hidden_dim", "output_dim"):
+    versions = FEATURE_HEAD_VERSIONS if kind == "feature" else MLP_VERSIONS
+    if spec["mlp_version"] not in versions:
+        raise ValueError(
+            f"adaptors[{adaptor!r}][{kind!r}]['mlp_version'] is {spec['mlp_version']!r}; supported: {versions}"
+        )
+    if spec["mlp_version"] == "attn":
+        spec = {**_ATTN_DEFAULTS, **spec}
+        if spec["num_inner"]:
+            raise ValueError(f"adaptors[{adaptor!r}]['feature']: an 'attn' head's MLP has num_inner 0")
+    integers = ("hidden_dim", "output_dim", *(_ATTN_DEFAULTS if spec["mlp_version"] == "attn" else ()))
+    for key in integers:
         if not isinstance(spec.get(key), int) or spec[key] <= 0:
             raise ValueError(
                 f"adaptors[{adaptor!r}][{kind!r}][{key!r}] must be a positive int, got {spec.get(key)!r}"
             )
-    if spec["mlp_version"] not in MLP_VERSIONS:
-        raise ValueError(
-            f"adaptors[{adaptor!r}][{kind!r}]['mlp_version'] is {spec['mlp_version']!r}; supported: {MLP_VERSIONS}"
-        )
     if kind == "feature" and (not isinstance(spec["upsample_factor"], int) or spec["upsample_factor"] < 1):
         raise ValueError(f"adaptors[{adaptor!r}]['feature']['upsample_factor'] must be an int >= 1")
     return spec
@@ -77,8 +89,10 @@ class RadioWithAdaptorsConfig(PretrainedConfig):
         adaptors (`dict[str, dict]`, *optional*):
             Per-teacher heads, `{name: {"head_idx": int, "summary": head or None, "feature": head or None}}`,
             where a head is `{"hidden_dim", "output_dim", "num_inner" (0), "mlp_version" ("v2" | "v1"),
-            "pre_norm" (False)}` and a feature head also has `"upsample_factor"` (1). `head_idx` is the CLS
-            slot the summary head reads. A feature head's `output_dim` is the teacher's channel count: with
+            "pre_norm" (False)}` and a feature head also has `"upsample_factor"` (1). A feature head may be
+            `"mlp_version": "attn"` (C-RADIOv4): `"num_blocks"` (2) transformer blocks of `"num_heads"` (16)
+            heads over the patch tokens, then an MLP v2 with `num_inner` 0. `head_idx` is the CLS slot the
+            summary head reads. A feature head's `output_dim` is the teacher's channel count: with
             `upsample_factor` u its last Linear emits `u*u*output_dim` channels per token.
         feature_normalizer (`bool`, *optional*, defaults to `False`):
             Whether the backbone's spatial features go through a PHI-S-style whitening `(x - mean) @ tx.T`
@@ -92,6 +106,21 @@ class RadioWithAdaptorsConfig(PretrainedConfig):
             Number of global blocks in the ViTDet schedule (official default 4 when `vitdet_num_windowed` is None).
         vitdet_num_windowed (`int`, *optional*):
             Number of windowed blocks between global ones; takes precedence over `vitdet_num_global`.
+            The two are the schedule `set_vitdet(window)` uses when it is given none (a converted release's
+            official schedule, e.g. `vitdet_num_global=8` for RADIOv2.5-g).
+        vitdet_supported (`bool`, *optional*, defaults to `True`):
+            False for releases trained without ViTDet (C-RADIOv3): `set_vitdet` then refuses, as the official
+            loader does.
+        patch_embed_bias (`bool`, *optional*, defaults to `False`):
+            The patch embedder has a bias (the DINOv2-architecture students, RADIO-g).
+        mlp_norm (`bool`, *optional*, defaults to `False`):
+            Each block's MLP has a LayerNorm (eps 1e-5) after its activation (the `*_mlpnorm` students, C-RADIO).
+        scaled_ln (`bool`, *optional*, defaults to `False`):
+            The outputs of `norm1` and `norm2` of block i (0-based) are scaled by 1/sqrt(i+1) (the `scaled_ln`
+            giant students, arXiv 2502.05795); the scale is derived, no weight holds it.
+        final_norm (`bool`, *optional*, defaults to `False`):
+            A LayerNorm (eps of the backbone) after the last block, before summary and features are read
+            (official `model_norm=True`, and the DINOv2-architecture students' `norm`).
         max_resolution (`int`, *optional*):
             Largest supported side in pixels (official `max_resolution`); defaults to the backbone's `max_img_size`.
         preferred_resolution (`list[int]`, *optional*):
@@ -120,6 +149,11 @@ class RadioWithAdaptorsConfig(PretrainedConfig):
     vitdet_window_size: int | None = None
     vitdet_num_global: int | None = None
     vitdet_num_windowed: int | None = None
+    vitdet_supported: bool = True
+    patch_embed_bias: bool = False
+    mlp_norm: bool = False
+    scaled_ln: bool = False
+    final_norm: bool = False
     max_resolution: int | None = None
     preferred_resolution: list[int] | None = None
     version: str | None = None
@@ -138,10 +172,15 @@ class RadioWithAdaptorsConfig(PretrainedConfig):
                 raise ValueError(f"adaptors[{name!r}] has unknown keys {sorted(unknown)}")
             adaptors[name] = {
                 "head_idx": int(spec.get("head_idx", 0)),
-                "summary": _head_spec(name, "summary", spec.get("summary")),
-                "feature": _head_spec(name, "feature", spec.get("feature")),
+                "summary": head_spec(name, "summary", spec.get("summary")),
+                "feature": head_spec(name, "feature", spec.get("feature")),
             }
         self.adaptors = adaptors
+        variants = [name for name in STUDENT_VARIANTS if getattr(self, name)]
+        if variants and self.backbone_config.model_type != "radio":
+            raise ValueError(
+                f"{variants} are ViT student variants; backbone model_type {self.backbone_config.model_type!r} has none"
+            )
         inter = self.intermediate_feature_normalizer
         if inter is not None and "num_intermediates" not in inter:
             raise ValueError("intermediate_feature_normalizer needs 'num_intermediates' (the backbone depth)")

@@ -23,15 +23,21 @@ class RadioCPEPatchEmbeddings(RadioPatchEmbeddings):
     with `align_corners` configurable. Train (when `training_cpe`): each image reads a random crop of the
     table (scale U(min_scale, 1), aspect exp(U(-log a, log a))) through `grid_sample(align_corners=True)`,
     and its whole position embedding is dropped with probability `pos_dropout` (official `ViTPatchGenerator`).
+    With `num_video_frames` T (official `cpe_video_mode`), a batch of B*T frames reads B crops, each shared
+    by the T consecutive frames of one clip. With `patch_embed_bias` the patch projection has a bias
+    (the DINOv2-architecture students).
     """
 
     def __init__(self, config: RadioConfig, cpe: RadioWithAdaptorsConfig):
         super().__init__(config)
+        if cpe.patch_embed_bias:
+            self.patch_projection = nn.Linear(config.patch_dim, config.hidden_size, bias=True)
         self.align_corners = cpe.pos_embed_align_corners
         self.training_cpe = cpe.training_cpe
         self.min_scale = cpe.cpe_min_scale
         self.max_aspect = cpe.cpe_max_aspect
         self.pos_dropout = cpe.cpe_pos_dropout
+        self.num_video_frames: int | None = None
 
     def _table(self) -> torch.Tensor:
         return (
@@ -52,7 +58,16 @@ class RadioCPEPatchEmbeddings(RadioPatchEmbeddings):
         return pos[..., :h, :w].to(dtype).flatten(2).transpose(1, 2)
 
     def _random_crop_position_embedding(self, input_dims: tuple[int, int], batch: int) -> torch.Tensor:
-        """A random crop of the table per image, resampled to the (h, w) grid: (batch, h*w, D) float32."""
+        """A random crop of the table per image (per clip in video mode), resampled to the (h, w) grid:
+        (batch, h*w, D) float32."""
+        frames = self.num_video_frames or 1
+        if batch % frames:
+            raise ValueError(
+                f"video mode with {frames} frames per clip needs a batch of clips * {frames} frames, got {batch}"
+            )
+        return self._random_crops(input_dims, batch // frames).repeat_interleave(frames, dim=0)
+
+    def _random_crops(self, input_dims: tuple[int, int], batch: int) -> torch.Tensor:
         (h, w), device = input_dims, self.position_embedding.device
         scale = torch.empty(batch, 1, device=device).uniform_(self.min_scale, 1.0)
         log_aspect = math.log(self.max_aspect)

@@ -1,17 +1,21 @@
 """`RadioWithAdaptors`: transformers' `RadioModel` backbone plus what the official RADIO adds around it.
 
 Adds per-teacher adaptor heads, feature normalizers, `forward_intermediates`, ViTDet windowed attention,
-training-time CPE (random crops of the position table), the pre-2025-06-28 `align_corners=True` position
-interpolation, and the official resolution rules. The backbone's modules and weight names are kept; this
-file only runs its encoder layers itself (to window them and to read intermediate layers).
+training-time CPE (random crops of the position table, shared per clip in `cpe_video_mode`), the
+pre-2025-06-28 `align_corners=True` position interpolation, the official resolution rules, and the official
+students' variants of the ViT (patch-embedder bias, MLP norm, scaled LayerNorm, final norm: `vit_variants`).
+The backbone's modules and weight names are kept; this file only runs its encoder layers itself (to window
+them and to read intermediate layers).
 
 Exported next to the weights for `trust_remote_code`: imports only torch, transformers and sibling files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -27,6 +31,7 @@ from transformers.modeling_outputs import ModelOutput
 from .adaptors import FeatureNormalizer, IntermediateFeatureNormalizer, RadioAdaptorHead
 from .configuration_radio_with_adaptors import RadioWithAdaptorsConfig
 from .cpe import RadioCPEPatchEmbeddings
+from .vit_variants import apply_student_variants
 from .windowing import packed_window_order, vitdet_schedule
 
 try:  # the E-RADIO backbone lives in its own files; absent files only disable that backbone type
@@ -64,8 +69,10 @@ class RadioWithAdaptorsOutput(ModelOutput):
         Packed input (`image_grid_hw`): summary (num_images, ...), features (sum_i h_i*w_i, D) NLC,
         adaptor features (sum_i h_i*u * w_i*u, C) with u the head's upsample factor.
     adaptors: {name: RadioOutput} per teacher head, float32.
-    last_hidden_state: (B, S + h*w, D) all tokens after the last block (packed: (1, total, D)).
-    hidden_states: with `output_hidden_states=True`, the embeddings and every block's output.
+    last_hidden_state: (B, S + h*w, D) all tokens after the last block and the final norm, if the model has
+        one (packed: (1, total, D)).
+    hidden_states: with `output_hidden_states=True`, the embeddings and every block's output (before the
+        final norm).
     """
 
     summary: torch.Tensor | None = None
@@ -98,8 +105,18 @@ class RadioWithAdaptors(PreTrainedModel):
         self.backbone = backbone_class(config.backbone_config)
         if self.is_vit:
             self.backbone.embeddings = RadioCPEPatchEmbeddings(config.backbone_config, config)
+            apply_student_variants(self.backbone, config)
+        self.final_norm = (
+            nn.LayerNorm(config.embed_dim, eps=config.backbone_config.layer_norm_eps)
+            if config.final_norm
+            else None
+        )
+        attn_implementation = getattr(config.backbone_config, "_attn_implementation", None) or "sdpa"
         self.adaptors = nn.ModuleDict(
-            {name: RadioAdaptorHead(config.embed_dim, spec) for name, spec in config.adaptors.items()}
+            {
+                name: RadioAdaptorHead(config.embed_dim, spec, attn_implementation)
+                for name, spec in config.adaptors.items()
+            }
         )
         self.feature_normalizer = FeatureNormalizer(config.embed_dim) if config.feature_normalizer else None
         inter = config.intermediate_feature_normalizer
@@ -188,23 +205,47 @@ class RadioWithAdaptors(PreTrainedModel):
     ):
         """Enable ViTDet windowed attention with windows of `window_size` x `window_size` patches (None disables).
 
-        Schedule as the official `apply_vitdet_arch`: see `windowing.vitdet_schedule`. Input sides must then be
+        Schedule as the official `apply_vitdet_arch`: see `windowing.vitdet_schedule`. Given neither
+        `num_global` nor `num_windowed`, the config's schedule is used (a converted release's official one,
+        e.g. 8 global blocks for RADIOv2.5-g; else the official default of 4). Input sides must then be
         multiples of `patch_size * window_size`.
         """
         if window_size is None:
             self._vitdet_windowed = None
-        else:
-            if not self.is_vit:
-                raise ValueError(
-                    "ViTDet windowed attention needs a ViT backbone; E-RADIO has its own windows"
-                )
-            if not isinstance(window_size, int) or window_size < 1:
-                raise ValueError(f"vitdet window_size must be a positive int (patches), got {window_size!r}")
-            depth = self.config.backbone_config.num_hidden_layers
-            self._vitdet_windowed = vitdet_schedule(depth, num_global, num_windowed)
+            self.config.vitdet_window_size = None
+            return
+        if not self.is_vit:
+            raise ValueError("ViTDet windowed attention needs a ViT backbone; E-RADIO has its own windows")
+        if not self.config.vitdet_supported:
+            raise ValueError(
+                f"{self.config.version or 'this model'} was trained without ViTDet (config.vitdet_supported is "
+                "False), so the official loader refuses windowed attention for it; set "
+                "config.vitdet_supported = True to try it anyway"
+            )
+        if not isinstance(window_size, int) or window_size < 1:
+            raise ValueError(f"vitdet window_size must be a positive int (patches), got {window_size!r}")
+        if num_global is None and num_windowed is None:
+            num_global, num_windowed = self.config.vitdet_num_global, self.config.vitdet_num_windowed
+        depth = self.config.backbone_config.num_hidden_layers
+        self._vitdet_windowed = vitdet_schedule(depth, num_global, num_windowed)
         self.config.vitdet_window_size = window_size
-        self.config.vitdet_num_global = num_global if window_size is not None else None
-        self.config.vitdet_num_windowed = num_windowed if window_size is not None else None
+        self.config.vitdet_num_global, self.config.vitdet_num_windowed = num_global, num_windowed
+
+    @contextlib.contextmanager
+    def cpe_video_mode(self, t: int) -> Iterator[None]:
+        """Context manager (official `cpe_video_mode`): inputs are batches of clips of `t` consecutive frames,
+        (B*t, 3, H, W), and in training each clip's frames share one random crop of the position table.
+        Inference is unchanged (the eval-time position embedding has no randomness)."""
+        if not self.is_vit:
+            raise ValueError("cpe_video_mode needs a ViT backbone with a CPE patch generator")
+        if not isinstance(t, int) or t < 1:
+            raise ValueError(f"cpe_video_mode needs t >= 1 frames per clip, got {t!r}")
+        embeddings = self.backbone.embeddings
+        previous, embeddings.num_video_frames = embeddings.num_video_frames, t
+        try:
+            yield
+        finally:
+            embeddings.num_video_frames = previous
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, export_code: bool = False, **kwargs):
         """`PreTrainedModel.save_pretrained`; with `export_code=True` also write this model's code files and an
@@ -380,6 +421,8 @@ class RadioWithAdaptors(PreTrainedModel):
     def _final_outputs(
         self, last: torch.Tensor, grids: list, packed: bool, feature_fmt: str, hidden_states=None
     ):
+        if self.final_norm is not None:
+            last = self.final_norm(last)
         cls_tokens, patches = self._split_tokens(last, grids, packed)
         summary = cls_tokens[:, self.backbone.summary_idxs].flatten(1)
         features = self.feature_normalizer(patches) if self.feature_normalizer is not None else patches
@@ -437,6 +480,7 @@ class RadioWithAdaptors(PreTrainedModel):
         pixel_values: torch.Tensor,
         indices: int | list[int] | tuple[int, ...] | None = None,
         return_prefix_tokens: bool = False,
+        norm: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
         aggregation: str = "sparse",
@@ -447,13 +491,16 @@ class RadioWithAdaptors(PreTrainedModel):
 
         indices: an int n takes the last n blocks; a list takes those blocks (negative counts from the end);
             None takes every block.
+        norm: apply the model's final norm to every intermediate (after the intermediate normalizer), as the
+            official `norm=True`; a no-op for models without one (most releases: `model_norm=False`).
         aggregation: "sparse" takes each chosen block's output; "dense" averages all blocks of the group that
             ends at each chosen index ("Dense Connector", Yao et al. 2024).
         norm_alpha_scheme: with an intermediate feature normalizer, "post-alpha" scales the group mean by the
             mean alpha, "pre-alpha" averages alpha-scaled layers, "none" skips the normalizer.
         Returns a list with one entry per index: features (B, D, h, w) NCHW or (B, h*w, D) NLC, or with
-        `return_prefix_tokens` a `RadioOutput(summary=(B, len(summary_idxs)*D) un-normalised CLS, features)`.
-        Unless `intermediates_only`, returns `(final RadioWithAdaptorsOutput, intermediates)`.
+        `return_prefix_tokens` a `RadioOutput(summary=(B, len(summary_idxs)*D) CLS tokens, features)`.
+        Unless `intermediates_only`, returns `(final RadioWithAdaptorsOutput, intermediates)`; the final output
+        is `forward`'s whatever `norm` says (the official code leaves its final norm out when `norm=False`).
         """
         if aggregation not in ("sparse", "dense"):
             raise ValueError(f"aggregation must be 'sparse' or 'dense', got {aggregation!r}")
@@ -482,6 +529,8 @@ class RadioWithAdaptors(PreTrainedModel):
             cls_tokens, features = self._aggregate(
                 outputs, group, index, grids, packed, normalizer, norm_alpha_scheme
             )
+            if norm and self.final_norm is not None:
+                cls_tokens, features = self.final_norm(cls_tokens), self.final_norm(features)
             features = features if packed else self._format(features, grids[0], output_fmt)
             if return_prefix_tokens:
                 summary = cls_tokens[:, self.backbone.summary_idxs].flatten(1)

@@ -293,3 +293,87 @@ def test_processor_outputs_feed_the_model(model):
     assert packed.features.shape[0] == int(packed_inputs["image_grid_hw"].prod(-1).sum())
     with pytest.raises(ValueError, match="packed pixel_values must be"):
         model(packed_inputs["pixel_values"][:-1], image_grid_hw=packed_inputs["image_grid_hw"])
+
+
+def test_cpe_video_mode_shares_one_crop_per_clip():
+    model = build_tiny_radio("tiny-radio-backbone", cpe_pos_dropout=0.0).train()
+    frame = torch.rand(1, 3, 32, 48)
+    clips = frame.expand(4, -1, -1, -1)  # 2 clips of 2 identical frames
+    with model.cpe_video_mode(2):
+        features = model(clips).features
+        with pytest.raises(ValueError, match="batch of clips \\* 2 frames, got 3"):
+            model(clips[:3])
+    torch.testing.assert_close(features[0], features[1], rtol=0, atol=0)  # one crop per clip
+    assert (features[0] - features[2]).abs().max() > 1e-3  # another clip, another crop
+    assert model.backbone.embeddings.num_video_frames is None  # restored on exit
+    model.eval()
+    with model.cpe_video_mode(2):
+        torch.testing.assert_close(model(clips).features, model.eval()(clips).features, rtol=0, atol=0)
+
+
+def test_set_vitdet_uses_the_config_schedule_and_support():
+    model = build_tiny_radio("tiny-radio-4layer", vitdet_num_global=2)
+    model.set_vitdet(2)  # the official default (4 global blocks) would leave no windowed block at depth 4
+    assert model._vitdet_windowed == [True, False, True, False]
+    model.set_vitdet(None)
+    assert model.config.vitdet_num_global == 2 and model.window_size is None
+    unsupported = build_tiny_radio("tiny-radio-4layer", vitdet_supported=False, version="c-radio_v3-b")
+    with pytest.raises(ValueError, match="c-radio_v3-b was trained without ViTDet"):
+        unsupported.set_vitdet(2, num_global=2)
+
+
+def test_student_variants_keep_names_and_survive_dtype_moves():
+    model = build_tiny_radio(
+        "tiny-radio-backbone", patch_embed_bias=True, mlp_norm=True, scaled_ln=True, final_norm=True
+    )
+    keys = set(model.state_dict())
+    assert {"backbone.embeddings.patch_projection.bias", "backbone.encoder.layer.1.mlp.norm.weight"} <= keys
+    assert {"final_norm.weight", "final_norm.bias"} <= keys
+    layer = model.backbone.encoder.layer[1]
+    assert (layer.norm1.scale, layer.norm2.scale, layer.mlp.norm.eps) == (1 / 2**0.5, 1 / 2**0.5, 1e-5)
+    x = torch.rand(1, 3, 32, 48)
+    reference = model(x)
+    # the final norm is applied to every token the summary and features come from; hidden states stay pre-norm
+    hidden = model(x, output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(reference.last_hidden_state, model.final_norm(hidden))
+    lowered = model.to(torch.bfloat16)(x.to(torch.bfloat16))  # the LayerNorm scale is a float, not a buffer
+    assert (lowered.features.float() - reference.features).abs().max() < 0.1
+    with pytest.raises(ValueError, match="ViT student variants"):
+        RadioWithAdaptorsConfig(backbone_config={"model_type": "eradio"}, final_norm=True)
+
+
+def test_forward_intermediates_norm_applies_the_final_norm():
+    model = build_tiny_radio("tiny-radio-backbone", final_norm=True)
+    x = torch.rand(2, 3, 32, 48)
+    kwargs = {
+        "indices": [0, 1],
+        "output_fmt": "NLC",
+        "return_prefix_tokens": True,
+        "intermediates_only": True,
+    }
+    raw, normed = (
+        model.forward_intermediates(x, **kwargs),
+        model.forward_intermediates(x, norm=True, **kwargs),
+    )
+    torch.testing.assert_close(normed[0].features, model.final_norm(raw[0].features))
+    torch.testing.assert_close(normed[1].features, model(x).features)  # the last block, normed, is the output
+    final, _ = model.forward_intermediates(x, indices=[0], output_fmt="NLC")
+    torch.testing.assert_close(final.features, model(x).features)  # forward's output whatever `norm` says
+    plain = build_tiny_radio("tiny-radio-backbone")
+    torch.testing.assert_close(
+        plain.forward_intermediates(x, norm=True, **kwargs)[0].features,
+        plain.forward_intermediates(x, **kwargs)[0].features,
+    )
+
+
+def test_attention_feature_head_packed_equals_per_image():
+    head = {"hidden_dim": 24, "output_dim": 8, "mlp_version": "attn", "num_heads": 4, "upsample_factor": 2}
+    model = build_tiny_radio("tiny-radio-backbone", adaptors={"sig": {"summary": None, "feature": head}})
+    block = model.adaptors["sig"].feature.blocks[0]
+    assert block.attention.q_proj.bias is None and block.norm1.eps == 1e-6  # timm Block(qkv_bias=False)
+    images = [torch.rand(1, 3, 32, 48), torch.rand(1, 3, 48, 16)]
+    packed = model(*pack(images)[:1], image_grid_hw=pack(images)[1]).adaptors["sig"].features
+    singles = torch.cat([model(im).adaptors["sig"].features[0] for im in images])
+    torch.testing.assert_close(packed, singles, rtol=0, atol=1e-5)  # attention stays within each image
+    with pytest.raises(ValueError, match="'summary'\\]\\['mlp_version'\\] is 'attn'"):
+        RadioWithAdaptorsConfig(adaptors={"x": {"summary": {**head, "upsample_factor": 1}}})
