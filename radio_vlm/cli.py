@@ -19,6 +19,7 @@ TRACEBACK_ENV = "RADIO_VLM_TRACEBACK"
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("radio_vlm.convert.cli", "convert an official RADIO .pth.tar or HF folder to a model folder"),
+    "models": ("radio_vlm.convert.releases", "NVIDIA's released RADIO checkpoints and whether they convert"),
     "export": (
         "radio_vlm.export",
         "re-save a model folder with its code, for trust_remote_code without radio_vlm",

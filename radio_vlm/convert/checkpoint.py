@@ -3,7 +3,8 @@
 `unpickle_checkpoint` uses `torch.load(weights_only=True)` with only `argparse.Namespace` allowed; `read_state_dict`
 reads safetensors or zip/legacy `.bin` files (sharded or not) the same safe way. An HF folder's keys are brought to
 the TorchHub names (`radio_model.model.*` -> `base_model.*`, adaptor MLPs -> `_heads.*` / `_feature_projections.*`)
-so one key map serves both forms.
+so one key map serves both forms: `read_official` gives (args, state, HF config) for either. Custom student
+architectures come with a constructor JSON (`find_constructor`, `load_constructor`).
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def checkpoint_args(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def checkpoint_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """EMA weights when present, as the official loader uses them (radio_official.md 1.10)."""
-    return checkpoint.get("state_dict_ema") or checkpoint["state_dict"]
+    """EMA weights whenever present (also beside a different `state_dict`), as the official loader uses them."""
+    return checkpoint["state_dict_ema"] if "state_dict_ema" in checkpoint else checkpoint["state_dict"]
 
 
 def strip_module(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -100,3 +101,36 @@ def load_hf_folder(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
                 break
         state[key] = value
     return config["args"], state, config
+
+
+def read_official(source: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict | None]:
+    """(args, TorchHub-named state, HF config or None) of an official `.pth.tar` or HF remote-code folder."""
+    if source.is_dir():
+        return load_hf_folder(source)
+    if source.is_file():
+        checkpoint = unpickle_checkpoint(source)
+        return checkpoint_args(checkpoint), checkpoint_state(checkpoint), None
+    raise FileNotFoundError(f"{source}: no such checkpoint file or folder")
+
+
+def find_constructor(checkpoint_path: str | Path) -> Path | None:
+    """`<name>_constructor.json` beside `<name>.pth.tar` (or beside the folder `<name>`), or None."""
+    path = Path(checkpoint_path)
+    stem = path.name.removesuffix(".tar").removesuffix(
+        ".pth"
+    )  # release names have dots: radio_v2.5-g.pth.tar
+    candidate = path.with_name(f"{stem}_constructor.json")
+    return candidate if candidate.is_file() else None
+
+
+def load_constructor(path: str | Path) -> dict[str, Any]:
+    """Read a constructor JSON (a dict of the builder's keyword arguments for a custom `args.model`)."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"constructor JSON {path}: cannot read it ({err})") from err
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"constructor JSON {path}: expected a JSON object of the builder's keyword arguments"
+        )
+    return value

@@ -1,9 +1,9 @@
-"""Official E-RADIO TorchHub checkpoints -> `ERadioConfig` + `ERadioModel` state dict.
+"""Official E-RADIO checkpoints (TorchHub `.pth.tar` or HF folder) -> `ERadioConfig` + `ERadioModel` state dict.
 
 The official model is built by timm from `args.model` (+ `args.model_kwargs`): a registered name
 (`eradio` = `eradio_large_fullres_ws16`, `eradio_xxxtiny`) whose hyper-parameters are listed below, or a
 custom name whose `ERADIO(...)` keyword arguments come as a constructor JSON (the fixture
-`eradio_tiny.pth.tar` + `eradio_tiny_constructor.json`, see shared/fixtures/radio_reference_extra/README.md).
+`eradio_tiny.pth.tar` + `eradio_tiny_constructor.json`, see tests/fixtures/radio_reference_extra/README.md).
 
 Key map (official -> ours): strip `base_model.`; keep `input_conditioner.*`; drop the position-bias buffers
 `*.pos_emb_funct.{relative_coords_table, relative_position_index, relative_bias}`, which are derived from the
@@ -13,20 +13,12 @@ the official one. Adaptor heads and feature normalizers (`_heads.*`, ...) are le
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..models.configuration_eradio import ERadioConfig
-from ..models.configuration_radio_with_adaptors import RadioWithAdaptorsConfig
 from ..models.modeling_eradio import ERadioModel
-from ..models.modeling_radio_with_adaptors import RadioWithAdaptors
-from .adaptors import adaptor_specs, normalizer_weights
-from .checkpoint import checkpoint_state, strip_module
-from .releases import release_metadata
-from .spectral import bake_spectral
 
 # `ERADIO(...)` keyword arguments of the official registered builders (radio/eradio_model.py,
 # reference/radio_official.md section 5). Builders with conv_base=False (the *_8x_* variants, which
@@ -159,25 +151,6 @@ def eradio_config_from_constructor(constructor: dict[str, Any]) -> ERadioConfig:
     )
 
 
-def find_constructor(checkpoint_path: str | Path) -> Path | None:
-    """`<name>_constructor.json` beside `<name>.pth.tar` (the fixture's convention), or None."""
-    path = Path(checkpoint_path)
-    stem = path.name.split(".")[0]
-    candidate = path.with_name(f"{stem}_constructor.json")
-    return candidate if candidate.is_file() else None
-
-
-def load_constructor(path: str | Path) -> dict[str, Any]:
-    """Read a constructor JSON (a dict of `ERADIO(...)` keyword arguments)."""
-    try:
-        value = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"E-RADIO constructor {path}: cannot read it as JSON ({err})") from err
-    if not isinstance(value, dict):
-        raise ValueError(f"E-RADIO constructor {path}: expected a JSON object of ERADIO keyword arguments")
-    return value
-
-
 def _args_dict(args: Any) -> dict[str, Any]:
     return dict(vars(args)) if hasattr(args, "__dict__") else dict(args or {})
 
@@ -242,30 +215,14 @@ def _check_against_model(config: ERadioConfig, state_dict: dict[str, torch.Tenso
         )
 
 
-def convert_eradio(
-    source: Path,
-    checkpoint: dict,
-    args: dict,
-    align_corners: bool,
-    version: str | None,
-    constructor: str | Path | None,
-) -> RadioWithAdaptors:
-    """An official E-RADIO `.pth.tar` (already unpickled) as a `RadioWithAdaptors` with its heads and normalizers."""
-    constructor_path = Path(constructor) if constructor else find_constructor(source)
-    constructor = load_constructor(constructor_path) if constructor_path else None
-    backbone_config, backbone_state = convert_eradio_checkpoint(checkpoint, constructor)
-    state = bake_spectral(strip_module(checkpoint_state(checkpoint)), source)
-    args = {**args, "cls_token_per_teacher": False}  # E-RADIO has no CLS tokens: every head reads the summary
-    adaptors, adaptor_state = adaptor_specs(args, state, None, source)
-    normalizer_config, normalizer_state = normalizer_weights(state)
-    config = RadioWithAdaptorsConfig(
-        backbone_config=backbone_config,
-        adaptors=adaptors,
-        pos_embed_align_corners=align_corners,
-        **normalizer_config,
-        **release_metadata(source, None, args, 16, version or "e-radio_v2"),
+def eradio_backbone(
+    args: dict, state: dict[str, torch.Tensor], constructor: dict[str, Any] | None
+) -> tuple[ERadioConfig, dict[str, torch.Tensor]]:
+    """The E-RADIO backbone of an official checkpoint: (config, `backbone.*` weights), its keys taken out of
+    `state` (adaptor heads and normalizers are left there)."""
+    backbone_config, backbone_state = convert_eradio_checkpoint(
+        {"args": args, "state_dict": state}, constructor
     )
-    model = RadioWithAdaptors(config)
-    weights = {"backbone." + k: v for k, v in backbone_state.items()} | adaptor_state | normalizer_state
-    model.load_state_dict(weights)
-    return model.eval()
+    for key in [k for k in state if k.startswith(("base_model.", "input_conditioner."))]:
+        del state[key]
+    return backbone_config, {"backbone." + k: v for k, v in backbone_state.items()}

@@ -8,12 +8,15 @@ import torch
 import torch.nn.functional as F
 
 
-def bake_spectral(state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+def bake_spectral(
+    state: dict[str, torch.Tensor], source: Path, n_power_iterations: int = 1, eps: float = 1e-6
+) -> dict[str, torch.Tensor]:
     """Replace `<m>.parametrizations.weight.*` with plain `<m>.weight`, as the official loader bakes them.
 
-    The loader un-parametrises in training mode, so one power iteration runs first (fixture README):
-    u = normalize(W v), v = normalize(W^T u), sigma = u^T W v + 1e-6, W' = W * s / sigma with
+    The loader un-parametrises in training mode, so `n_power_iterations` power iterations run first (fixture
+    README): u = normalize(W v), v = normalize(W^T u), sigma = u^T W v + eps, W' = W * s / sigma with
     s = softplus(scale) + 0.05 (`_sn_version` 2) or s = scale (version 1); qkv is baked per q/k/v part.
+    `args.spectral_reparam=True` uses 1 iteration and eps 1e-6; its dict form says its own.
     """
     originals = [k for k in state if k.endswith(".parametrizations.weight.original")]
     state = dict(state)
@@ -36,9 +39,11 @@ def bake_spectral(state: dict[str, torch.Tensor], source: Path) -> dict[str, tor
             version = int(version) if version is not None else 2
             if version not in (1, 2):
                 raise ValueError(f"{source}: {module} has unsupported spectral _sn_version {version}")
-            u = F.normalize(part @ v.float(), dim=0, eps=1e-6)
-            v = F.normalize(part.T @ u, dim=0, eps=1e-6)
-            sigma = u @ part @ v + 1e-6
+            v = v.float()
+            for _ in range(n_power_iterations):
+                u = F.normalize(part @ v, dim=0, eps=eps)
+                v = F.normalize(part.T @ u, dim=0, eps=eps)
+            sigma = u @ part @ v + eps
             s = F.softplus(scale.float()) + 0.05 if version == 2 else scale.float()
             baked.append(part * s.reshape(()) / sigma)
         state[f"{module}.weight"] = torch.cat(baked)

@@ -10,12 +10,8 @@ from safetensors.torch import load_file
 
 import radio_vlm
 from radio_vlm import ERadioConfig, ERadioModel, RadioWithAdaptors, RadioWithAdaptorsConfig
-from radio_vlm.convert.eradio import (
-    convert_eradio_checkpoint,
-    eradio_config_from_constructor,
-    find_constructor,
-    load_constructor,
-)
+from radio_vlm.convert.checkpoint import find_constructor, load_constructor
+from radio_vlm.convert.eradio import convert_eradio_checkpoint, eradio_config_from_constructor
 
 ATOL = 1e-5  # the project's tolerance against official fixtures (official runs vary by 2.5e-6 across threads)
 
@@ -190,9 +186,12 @@ def test_cli_convert_with_constructor_option(tmp_path, fixture_files):
     alone.write_bytes(checkpoint_path.read_bytes())
     out = tmp_path / "converted"
     constructor = checkpoint_path.with_name("eradio_tiny_constructor.json")
-    assert main(["convert", str(alone), str(out), "--constructor", str(constructor)]) == 0
+    # a renamed file is no known release: --version says which one, for its preferred resolution
+    argv = ["convert", str(alone), str(out), "--constructor", str(constructor), "--version", "e-radio_v2"]
+    assert main(argv) == 0
     model = AutoModel.from_pretrained(out).eval()
-    assert model.config.backbone_config.model_type == "eradio"
+    assert model.config.backbone_config.model_type == "eradio" and model.config.version == "e-radio_v2"
+    assert not model.config.vitdet_supported
     processor = AutoImageProcessor.from_pretrained(out)
     assert processor.min_resolution_step == 32
     # 100x130 resized to a 512 px long edge is 394x512: padded to 416x512 (step 32), not 400x512 (step 16)

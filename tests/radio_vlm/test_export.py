@@ -8,9 +8,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from radio_vlm.cli import main
+from radio_vlm.convert import convert_official, save_converted
 from radio_vlm.models.image_processing_radio import RadioImageProcessor
 from radio_vlm.tiny import build_tiny_radio
 
@@ -37,8 +39,8 @@ BLOCKED_LOAD = textwrap.dedent(
     assert not type(processor).__module__.startswith("radio_vlm"), type(processor).__module__
     inputs = processor([torch.load(folder + "/image.pt")])
     torch.save(
-        {"features": out.features, "sam": out.adaptors["sam"].features, "pixel_values": inputs["pixel_values"],
-         "processed_features": model(**inputs).features},
+        {"features": out.features, **{"adaptor." + n: a.features for n, a in out.adaptors.items()},
+         "pixel_values": inputs["pixel_values"], "processed_features": model(**inputs).features},
         folder + "/y_remote.pt",
     )
     """
@@ -76,7 +78,7 @@ def test_export_code_loads_without_radio_vlm(tmp_path):
     remote = torch.load(tmp_path / "y_remote.pt")
     out = model(x)
     torch.testing.assert_close(remote["features"], out.features, rtol=0, atol=0)
-    torch.testing.assert_close(remote["sam"], out.adaptors["sam"].features, rtol=0, atol=0)
+    torch.testing.assert_close(remote["adaptor.sam"], out.adaptors["sam"].features, rtol=0, atol=0)
     inputs = processor([image])
     torch.testing.assert_close(remote["pixel_values"], inputs["pixel_values"], rtol=0, atol=0)
     torch.testing.assert_close(remote["processed_features"], model(**inputs).features, rtol=0, atol=0)
@@ -94,3 +96,24 @@ def test_cli_export(tmp_path):
     processor_config = (tmp_path / "exported" / "preprocessor_config.json").read_text()
     assert '"AutoImageProcessor": "image_processing_radio.RadioImageProcessor"' in processor_config
     assert (tmp_path / "exported" / "image_processing_radio.py").is_file()
+
+
+@pytest.mark.parametrize("source", ["cradio_v4_style.pth.tar", "dinov2_student.pth.tar", "vit_scaled_ln_hf"])
+def test_export_code_runs_the_official_families(fixtures_dir, tmp_path, source):
+    """Attention heads (E), the DINOv2 student's SwiGLU + patch bias (F), scaled LN + final norm (H) run from the
+    exported code alone, with the same numbers."""
+    more = fixtures_dir / "radio_reference_more"
+    model = convert_official(more / source)
+    save_converted(model, tmp_path, export_code=True)
+    assert "vit_variants.py" in {p.name for p in tmp_path.iterdir()}
+    side = model.patch_size * 4
+    x, image = torch.rand(1, 3, side, side * 2), torch.rand(3, side + 5, side * 2)
+    torch.save(x, tmp_path / "x.pt")
+    torch.save(image, tmp_path / "image.pt")
+    run_blocked(tmp_path)
+    remote = torch.load(tmp_path / "y_remote.pt")
+    with torch.no_grad():
+        out = model(x)
+    torch.testing.assert_close(remote["features"], out.features, rtol=0, atol=0)
+    for name, head in out.adaptors.items():
+        torch.testing.assert_close(remote["adaptor." + name], head.features, rtol=0, atol=0)
