@@ -1,8 +1,9 @@
 """Official NVIDIA checkpoints -> `RadioWithAdaptors`, one module per job:
 
-checkpoint (safe reading of `.pth.tar` / HF folders), spectral (baking), vit and eradio (backbone config and
-key map per architecture family), adaptors (heads and normalizers), releases (NVIDIA's versions and their
-metadata), official (the driver), cli (`radio-vlm convert`).
+checkpoint (safe reading of `.pth.tar` / HF folders), settings (the table of checkpoint settings understood),
+students (the `args.model` architectures), spectral (baking), vit and eradio (backbone config and key map per
+architecture family), adaptors (heads and normalizers), releases (NVIDIA's released checkpoints, `radio-vlm
+models`, and their metadata), official (the driver), cli (`radio-vlm convert`).
 """
 
 from .checkpoint import read_state_dict

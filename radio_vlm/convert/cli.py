@@ -43,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="extend",
         default=[],
         metavar="KEY[,KEY...]",
-        help="accept these checkpoint args unknown to the converter as not changing the model (KEY, "
-        "model_kwargs.KEY or teachers.KEY); only after checking that the official code ignores them at inference",
+        help="accept these checkpoint settings unknown to the converter as not changing the model (KEY of args, "
+        "model_kwargs.KEY, teachers.KEY, config.KEY of an HF config.json); only after checking that the official "
+        "code ignores them at inference",
     )
 
 

@@ -84,14 +84,14 @@ def convert_official(
         (E-RADIO, DINOv2; default: `<name>_constructor.json` beside the checkpoint).
     adaptors: the adaptor heads to keep (default: every head in the weights, also where an HF config lists no
         `adaptor_names`); the others are dropped, so a head this converter cannot read can be left out.
-    inert_args: `args` keys (`key`, `model_kwargs.key`, `teachers.key`) to accept as not changing the model,
-        where this converter's table (`settings.py`) does not know them.
+    inert_args: settings (`key` of args, `model_kwargs.key`, `teachers.key`, `config.key` of an HF config.json)
+        to accept as not changing the model, where this converter's table (`settings.py`) does not know them.
     """
     source = Path(src)
     args, state, hf_config = read_official(source)
     state = strip_module(state)
     family, student, eradio_constructor = _find_student(args, state, source, constructor)
-    check_settings(args, VIT_MODEL_KWARGS if family == "vit" else None, source, inert_args)
+    check_settings(args, VIT_MODEL_KWARGS if family == "vit" else None, source, inert_args, hf_config)
     spectral = args.get("spectral_reparam")
     if isinstance(spectral, dict):  # configure_spectral_reparam_from_args: the dict form's own defaults
         state = bake_spectral(

@@ -193,6 +193,37 @@ VIT_MODEL_KWARGS: dict[str, Setting] = {
     "fc_norm": _inert("the classifier head's norm, unused once the head is Identity"),
 }
 
+# the top-level keys of an official HF remote-code `config.json` (radio/hf_model.py RADIOConfig + transformers')
+_HF_METADATA = "transformers' own config metadata"
+HF_CONFIG: dict[str, Setting] = {
+    "args": _mapped("the training args, checked with `ARGS`"),
+    "version": _mapped("the release (`releases.py`): metadata"),
+    "patch_size": _mapped("metadata; the patch embedder's weight gives the patch size"),
+    "max_resolution": _mapped("metadata (max_resolution)"),
+    "preferred_resolution": _mapped("metadata (preferred_resolution)"),
+    "adaptor_configs": _mapped("each head's head_idx; dims are read from the weights"),
+    "adaptor_names": _inert(
+        "which heads the remote code builds; every head in the weights converts (--adaptors)"
+    ),
+    "feature_normalizer_config": _inert("its presence; the normalizer's weights are converted"),
+    "inter_feature_normalizer_config": _inert("its presence; the normalizer's weights are converted"),
+    "vitdet_window_size": _inert(
+        "the remote code only changes min_resolution_step with it, not the attention"
+    ),
+    **{
+        key: _inert(_HF_METADATA)
+        for key in (
+            "architectures",
+            "auto_map",
+            "dtype",
+            "torch_dtype",
+            "transformers_version",
+            "_name_or_path",
+            "model_type",
+        )
+    },
+}
+
 # the DINOv2-architecture students: the official `dino_v2_{l,g}_student(**kwargs)` ignores every kwarg
 DINOV2_MODEL_KWARGS_NOTE = "ignored by the official dino_v2_*_student builders (radio/extra_models.py)"
 
@@ -207,12 +238,15 @@ def check_settings(
     model_kwargs_table: dict[str, Setting] | None,
     source: Path,
     inert: Iterable[str] = (),
+    hf_config: dict[str, Any] | None = None,
 ) -> None:
-    """Raise one ValueError naming every `args` / `args.model_kwargs` / `args.teachers[i]` key (and its value)
-    that is neither in the tables above nor in `inert`, and every known key whose value cannot be reproduced.
+    """Raise one ValueError naming every `args` / `args.model_kwargs` / `args.teachers[i]` (/ HF `config.json`)
+    key, with its value, that is neither in the tables above nor in `inert`, and every known key whose value
+    cannot be reproduced.
 
     `model_kwargs_table` None means the family's builder ignores `model_kwargs` (DINOv2) or checks them itself
-    (E-RADIO). `inert` holds keys the user declares inert: `key`, `model_kwargs.key` or `teachers.key`.
+    (E-RADIO). `inert` holds keys the user declares inert: `key`, `model_kwargs.key`, `teachers.key` or
+    `config.key` (HF config.json).
     """
     inert = set(inert)
     unknown: dict[str, list[str]] = {}  # --inert-arg name -> the entries it would accept
@@ -227,6 +261,8 @@ def check_settings(
                 refused.append(f"{where}{key}={_describe(value)} (reproducible: {setting.allowed_text})")
 
     visit(ARGS, args, "args.", "")
+    if hf_config is not None:
+        visit(HF_CONFIG, hf_config, "config.json ", "config.")
     if model_kwargs_table is not None:
         visit(model_kwargs_table, args.get("model_kwargs") or {}, "args.model_kwargs.", "model_kwargs.")
     for index, teacher in enumerate(args.get("teachers") or []):

@@ -362,3 +362,15 @@ def test_eradio_hf_folder_goes_to_the_eradio_converter(fixtures_dir, core_inputs
     assert model.config.backbone_config.model_type == "eradio" and model.config.version == "e-radio_v2"
     supported = {k: v for k, v in core_inputs.items() if k != "img_48x160"}  # E-RADIO needs multiples of 32
     assert fixture_match(model, extra / "expected_eradio_tiny.safetensors", supported)[0] == 15
+
+
+def test_unknown_hf_config_setting_is_refused(more, tmp_path):
+    folder = tmp_path / "hf"
+    shutil.copytree(more / "vit_mlpnorm_hf", folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "separate_video_embedder": True}))
+    with pytest.raises(
+        ValueError, match=r"config\.json separate_video_embedder=True.*--inert-arg config\.separate"
+    ):
+        convert_official(folder)
+    assert convert_official(folder, inert_args=["config.separate_video_embedder"]).config.mlp_norm
