@@ -10,7 +10,10 @@ The safetensors file holds, for image i (its index in the command line, unreadab
     "{i}/image_size"  (2,) int64     the image's resized size (height, width) in px, before padding
 
 and metadata (strings): "paths" (JSON list, index -> file), "skipped" (JSON list of [file, error]),
-"model", "source" ("backbone" or the adaptor name), "long_edge".
+"model", "source" ("backbone" or the adaptor name), "long_edge", "device", "dtype".
+
+The model runs on `--device` (default: CUDA when available) in `--dtype` (bf16 / fp16 / fp32, default fp32);
+the features are saved as float32 whatever the dtype.
 """
 
 from __future__ import annotations
@@ -27,10 +30,18 @@ from tqdm import tqdm
 from .models.image_io import load_image
 from .models.image_processing_radio import RadioImageProcessor
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
-def load_model_and_processor(path: str | Path, device: str = "cpu"):
+
+def default_device() -> str:
+    """CUDA when a GPU is there, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model_and_processor(path: str | Path, device: str | None = None, dtype: str = "fp32"):
     """`AutoModel` + `AutoImageProcessor` from a model folder (the processor is derived from the model's
-    config when the folder has no preprocessor_config.json). Returns (model in eval mode, processor)."""
+    config when the folder has no preprocessor_config.json). The model is loaded in `dtype` (a key of
+    `DTYPES`) on `device` (default `default_device()`). Returns (model in eval mode, processor)."""
     from transformers import AutoImageProcessor, AutoModel
 
     import radio_vlm  # noqa: F401  (registers the Auto classes)
@@ -40,7 +51,10 @@ def load_model_and_processor(path: str | Path, device: str = "cpu"):
         raise ValueError(
             f"model folder {path} has no config.json: pass a folder written by save_pretrained or `radio-vlm convert`"
         )
-    model = AutoModel.from_pretrained(path).to(device).eval()
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    device = device or default_device()
+    model = AutoModel.from_pretrained(path, dtype=DTYPES[dtype]).to(device).eval()
     if (path / "preprocessor_config.json").is_file():
         processor = AutoImageProcessor.from_pretrained(path)
     else:
@@ -78,13 +92,13 @@ def encode_images(
         upsample = head["upsample_factor"] if head else 1
     packed = getattr(model, "is_vit", True)
     step = batch_size if packed else 1
-    device = next(model.parameters()).device
+    weight = next(model.parameters())
     results = []
     for start in tqdm(range(0, len(images), step), desc="images", unit="batch", disable=not progress):
         inputs = processor(images[start : start + step], long_edge=long_edge, pack=packed)
         grids = inputs["image_grid_hw"]
-        pixel_values = inputs["pixel_values"].to(device)
-        out = model(pixel_values, image_grid_hw=grids.to(device)) if packed else model(pixel_values)
+        pixel_values = inputs["pixel_values"].to(weight.device, weight.dtype)
+        out = model(pixel_values, image_grid_hw=grids.to(weight.device)) if packed else model(pixel_values)
         source = out if adaptor is None else out.adaptors[adaptor]
         tokens = (grids.prod(-1) * upsample**2).tolist()
         features = source.features.float().cpu()
@@ -118,7 +132,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--long-edge", type=int, default=None, help="resize the long edge to N px (default: the processor's)"
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument(
+        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
+    )
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="fp32", help="precision the model runs in (default fp32)"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -142,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     if not images:
         print(f"error: none of the {len(args.images)} images could be read", file=sys.stderr)
         return 1
-    model, processor = load_model_and_processor(args.model, args.device)
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     encoded = encode_images(
         model, processor, images, args.adaptor, args.long_edge, args.batch_size, progress=True
     )
@@ -159,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
         "model": str(args.model),
         "source": args.adaptor or "backbone",
         "long_edge": str(args.long_edge or processor.long_edge),
+        "device": str(next(model.parameters()).device),
+        "dtype": args.dtype,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

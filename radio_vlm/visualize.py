@@ -98,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, processor = load_model_and_processor(args.model, args.device)
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     images = [load_image(path, f"image file {path}") for path in args.images]
     encoded = encode_images(model, processor, images, adaptor=args.adaptor, long_edge=args.long_edge)
     pictures = [

@@ -167,3 +167,33 @@ def test_dense_batch_through_model_kwargs():
     assert inputs["pixel_values"].ndim == 4
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs).features, model(inputs["pixel_values"]).features)
+
+
+def test_features_dtype_and_device_flags(model_dir, photos, tmp_path, monkeypatch):
+    from radio_vlm import features
+
+    out = {}
+    for dtype in ("fp32", "bf16"):
+        out[dtype] = tmp_path / f"{dtype}.safetensors"
+        argv = [
+            "features",
+            str(photos[0]),
+            "--model",
+            str(model_dir),
+            "--out",
+            str(out[dtype]),
+            "--dtype",
+            dtype,
+        ]
+        assert main(argv + ["--device", "cpu"]) == 0
+    with safe_open(out["fp32"], "pt") as full, safe_open(out["bf16"], "pt") as half:
+        assert (half.metadata()["dtype"], half.metadata()["device"]) == ("bf16", "cpu")
+        reference, lowered = full.get_tensor("0/features"), half.get_tensor("0/features")
+        assert lowered.dtype == torch.float32  # saved as float32 whatever the model ran in
+        assert 0 < (lowered - reference).abs().max() < 0.05 * reference.abs().max()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert features.default_device() == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert features.default_device() == "cpu"
+    assert main(["visualize", str(photos[0]), "--model", str(model_dir), "--out", str(tmp_path / "v.png"),
+                 "--dtype", "bf16"]) == 0  # fmt: skip
