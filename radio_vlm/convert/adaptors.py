@@ -13,6 +13,7 @@ head whose weights are laid out otherwise is refused by name (`--adaptors` conve
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -132,7 +133,7 @@ def adaptor_specs(
         if unknown:
             raise ValueError(f"{source}: no adaptor {unknown} among the checkpoint's teachers {names}")
     hf_adaptors = (hf_config or {}).get("adaptor_configs") or {}
-    specs, weights, unreadable = {}, {}, {}
+    specs, weights, unreadable, absent = {}, {}, {}, []
     for index, teacher in enumerate(teachers):
         name = teacher["name"]
         if name in specs or name in unreadable:
@@ -156,6 +157,7 @@ def adaptor_specs(
                     f"{source}: --adaptors asks for {name!r}, but the checkpoint holds no weights for it (HF exports "
                     "carry no attention heads, and some carry no adaptors: convert the .pth.tar for them)"
                 )
+            absent.append(name)
             continue
         head_idx = hf_adaptors.get(name, {}).get("head_idx", teacher.get("token_slot", index))
         spec = {"head_idx": int(head_idx) if per_teacher_cls else 0, "summary": None, "feature": None}
@@ -203,6 +205,12 @@ def adaptor_specs(
         raise ValueError(
             f"{source}: adaptor heads this converter cannot read: {details}. Pass --adaptors "
             f"{','.join(readable) or 'NAMES'} to convert the others (adaptor_names={readable})"
+        )
+    if absent:
+        warnings.warn(
+            f"{source}: no adaptor weights for the teachers {absent}, so the converted model has no heads for them "
+            "(HF exports carry no attention heads, and some carry no adaptors: the .pth.tar has them)",
+            stacklevel=3,
         )
     stray = [k for k in state if k.startswith(("_heads.", "_feature_projections."))]
     if stray:

@@ -224,9 +224,6 @@ HF_CONFIG: dict[str, Setting] = {
     },
 }
 
-# the DINOv2-architecture students: the official `dino_v2_{l,g}_student(**kwargs)` ignores every kwarg
-DINOV2_MODEL_KWARGS_NOTE = "ignored by the official dino_v2_*_student builders (radio/extra_models.py)"
-
 
 def _describe(value: Any) -> str:
     text = repr(value)

@@ -140,6 +140,8 @@ def test_adaptors_option_keeps_the_heads_asked_for(more, core_inputs, tmp_path):
         convert_official(more / "cradio_v4_style.pth.tar", adaptors=["clip"])
     with pytest.raises(ValueError, match="'siglip2-g', but the checkpoint holds no weights for it"):
         convert_official(more / "cradio_v4_style_hf", adaptors=["siglip2-g"])
+    with pytest.warns(UserWarning, match=r"no adaptor weights for the teachers \['siglip2-g'\]"):
+        convert_official(more / "cradio_v4_style_hf")
 
 
 def test_unreadable_head_is_named_and_adaptors_converts_the_rest(more, tmp_path):
