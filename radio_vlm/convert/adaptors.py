@@ -206,7 +206,7 @@ def adaptor_specs(
             f"{source}: adaptor heads this converter cannot read: {details}. Pass --adaptors "
             f"{','.join(readable) or 'NAMES'} to convert the others (adaptor_names={readable})"
         )
-    if absent:
+    if absent and hf_config is not None:  # an HF export can lack heads its .pth.tar has
         warnings.warn(
             f"{source}: no adaptor weights for the teachers {absent}, so the converted model has no heads for them "
             "(HF exports carry no attention heads, and some carry no adaptors: the .pth.tar has them)",

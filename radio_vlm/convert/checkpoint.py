@@ -134,3 +134,18 @@ def load_constructor(path: str | Path) -> dict[str, Any]:
             f"constructor JSON {path}: expected a JSON object of the builder's keyword arguments"
         )
     return value
+
+
+def check_constructor(
+    kwargs: dict[str, Any], what: str, known: set[str], required: dict[str, tuple[Any, Any]]
+) -> None:
+    """Refuse builder keyword arguments outside `known | required`, and `required` ones (name -> (the value this
+    converter reproduces, the builder's default)) with another value. `what` names the builder in the errors."""
+    unknown = set(kwargs) - known - set(required)
+    if unknown:
+        raise ValueError(f"{what}: unknown arguments {sorted(unknown)}")
+    for name, (value, default) in required.items():
+        if kwargs.get(name, default) != value:
+            raise ValueError(
+                f"{what}: {name}={kwargs.get(name, default)!r} is not supported (only {name}={value!r})"
+            )

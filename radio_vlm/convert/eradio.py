@@ -19,6 +19,7 @@ import torch
 
 from ..models.configuration_eradio import ERadioConfig
 from ..models.modeling_eradio import ERadioModel
+from .checkpoint import check_constructor
 
 # `ERADIO(...)` keyword arguments of the official registered builders (radio/eradio_model.py,
 # reference/radio_official.md section 5). Builders with conv_base=False (the *_8x_* variants, which
@@ -110,15 +111,7 @@ def eradio_config_from_constructor(constructor: dict[str, Any]) -> ERadioConfig:
 
     Raises ValueError naming the argument when the official model would differ from ours.
     """
-    unknown = set(constructor) - set(_DEFAULTS) - set(_REQUIRED) - _IGNORED - _MAPPED
-    if unknown:
-        raise ValueError(f"E-RADIO constructor: unknown arguments {sorted(unknown)}")
-    for name, (required, default) in _REQUIRED.items():
-        if constructor.get(name, default) != required:
-            raise ValueError(
-                f"E-RADIO constructor: {name}={constructor.get(name, default)!r} is not supported "
-                f"(only {name}={required!r}, as in the official eradio builders)"
-            )
+    check_constructor(constructor, "E-RADIO constructor", set(_DEFAULTS) | _IGNORED | _MAPPED, _REQUIRED)
     if not (constructor.get("use_neck") or constructor.get("return_full_features")):
         raise ValueError(
             "E-RADIO constructor: needs use_neck=True or return_full_features=True (dense features)"

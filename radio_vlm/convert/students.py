@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from .checkpoint import check_constructor
+
 
 class Student(NamedTuple):
     family: str  # "vit" (timm VisionTransformer) | "dinov2" (DinoVisionTransformer in DinoWrapper)
@@ -107,17 +109,8 @@ def dinov2_student_from_constructor(name: str, constructor: dict) -> Student:
     """A `Student` from a custom DINOv2 student's constructor JSON: `{"kwargs": {DinoVisionTransformer kwargs}}`
     (the fixture's form) or the kwargs themselves. Raises ValueError naming any argument it cannot reproduce."""
     kwargs = constructor.get("kwargs", constructor)
-    other = (
-        set(kwargs) - DINOV2_CONSTRUCTOR_MAPPED - DINOV2_CONSTRUCTOR_INERT - set(DINOV2_CONSTRUCTOR_REQUIRED)
-    )
-    if other:
-        raise ValueError(f"DINOv2 student {name!r} constructor: unknown arguments {sorted(other)}")
-    for key, (required, default) in DINOV2_CONSTRUCTOR_REQUIRED.items():
-        if kwargs.get(key, default) != required:
-            raise ValueError(
-                f"DINOv2 student {name!r} constructor: {key}={kwargs.get(key, default)!r} is not supported "
-                f"(only {required!r})"
-            )
+    known = DINOV2_CONSTRUCTOR_MAPPED | DINOV2_CONSTRUCTOR_INERT
+    check_constructor(kwargs, f"DINOv2 student {name!r} constructor", known, DINOV2_CONSTRUCTOR_REQUIRED)
     ffn = kwargs.get("ffn_layer", "mlp")
     if ffn not in ("mlp", "swiglu", "swiglufused"):
         raise ValueError(

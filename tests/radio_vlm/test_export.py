@@ -8,7 +8,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import torch
 
 from radio_vlm.cli import main
@@ -26,31 +25,33 @@ BLOCKED_LOAD = textwrap.dedent(
     sys.meta_path.insert(0, BlockRadioVlm())
     import torch
     from transformers import AutoImageProcessor, AutoModel
-    folder = sys.argv[1]
     try:
         import radio_vlm  # noqa: F401
         raise SystemExit("radio_vlm was importable")
     except ImportError:
         pass
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True)
-    assert not type(model).__module__.startswith("radio_vlm"), type(model).__module__
-    out = model(torch.load(folder + "/x.pt"))
-    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-    assert not type(processor).__module__.startswith("radio_vlm"), type(processor).__module__
-    inputs = processor([torch.load(folder + "/image.pt")])
-    torch.save(
-        {"features": out.features, **{"adaptor." + n: a.features for n, a in out.adaptors.items()},
-         "pixel_values": inputs["pixel_values"], "processed_features": model(**inputs).features},
-        folder + "/y_remote.pt",
-    )
+    for folder in sys.argv[1:]:
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+        assert not type(model).__module__.startswith("radio_vlm"), type(model).__module__
+        out = model(torch.load(folder + "/x.pt"))
+        processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+        assert not type(processor).__module__.startswith("radio_vlm"), type(processor).__module__
+        inputs = processor([torch.load(folder + "/image.pt")])
+        torch.save(
+            {"features": out.features, **{"adaptor." + n: a.features for n, a in out.adaptors.items()},
+             "pixel_values": inputs["pixel_values"], "processed_features": model(**inputs).features},
+            folder + "/y_remote.pt",
+        )
     """
 )
 
 
-def run_blocked(folder: Path) -> None:
-    env = {**os.environ, "HF_MODULES_CACHE": str(folder / "hf_modules"), "OMP_NUM_THREADS": "1"}
+def run_blocked(*folders: Path) -> None:
+    """Load each folder with trust_remote_code in one child process that cannot import radio_vlm; it writes
+    <folder>/y_remote.pt from <folder>/x.pt (model input) and <folder>/image.pt (processor input)."""
+    env = {**os.environ, "HF_MODULES_CACHE": str(folders[0] / "hf_modules"), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-c", BLOCKED_LOAD, str(folder)],
+        [sys.executable, "-c", BLOCKED_LOAD, *map(str, folders)],
         capture_output=True,
         text=True,
         env=env,
@@ -98,22 +99,24 @@ def test_cli_export(tmp_path):
     assert (tmp_path / "exported" / "image_processing_radio.py").is_file()
 
 
-@pytest.mark.parametrize("source", ["cradio_v4_style.pth.tar", "dinov2_student.pth.tar", "vit_scaled_ln_hf"])
-def test_export_code_runs_the_official_families(fixtures_dir, tmp_path, source):
+def test_export_code_runs_the_official_families(fixtures_dir, tmp_path):
     """Attention heads (E), the DINOv2 student's SwiGLU + patch bias (F), scaled LN + final norm (H) run from the
     exported code alone, with the same numbers."""
     more = fixtures_dir / "radio_reference_more"
-    model = convert_official(more / source)
-    save_converted(model, tmp_path, export_code=True)
-    assert "vit_variants.py" in {p.name for p in tmp_path.iterdir()}
-    side = model.patch_size * 4
-    x, image = torch.rand(1, 3, side, side * 2), torch.rand(3, side + 5, side * 2)
-    torch.save(x, tmp_path / "x.pt")
-    torch.save(image, tmp_path / "image.pt")
-    run_blocked(tmp_path)
-    remote = torch.load(tmp_path / "y_remote.pt")
-    with torch.no_grad():
-        out = model(x)
-    torch.testing.assert_close(remote["features"], out.features, rtol=0, atol=0)
-    for name, head in out.adaptors.items():
-        torch.testing.assert_close(remote["adaptor." + name], head.features, rtol=0, atol=0)
+    models = {}
+    for source in ("cradio_v4_style.pth.tar", "dinov2_student.pth.tar", "vit_scaled_ln_hf"):
+        folder = tmp_path / source.split(".")[0]
+        models[folder] = convert_official(more / source)
+        save_converted(models[folder], folder, export_code=True)
+        assert "vit_variants.py" in {p.name for p in folder.iterdir()}
+        side = models[folder].patch_size * 4
+        torch.save(torch.rand(1, 3, side, side * 2), folder / "x.pt")
+        torch.save(torch.rand(3, side + 5, side * 2), folder / "image.pt")
+    run_blocked(*models)
+    for folder, model in models.items():
+        remote = torch.load(folder / "y_remote.pt")
+        with torch.no_grad():
+            out = model(torch.load(folder / "x.pt"))
+        torch.testing.assert_close(remote["features"], out.features, rtol=0, atol=0)
+        for name, head in out.adaptors.items():
+            torch.testing.assert_close(remote["adaptor." + name], head.features, rtol=0, atol=0)
