@@ -63,7 +63,8 @@ _TIMM_BUILDER = "passed to the timm builder, where it only affects training (dro
 ARGS: dict[str, Setting] = {
     "model": _mapped("the student architecture, a name of `students.STUDENTS` (else refused)"),
     "model_kwargs": _mapped(
-        "the builder's keyword arguments: `VIT_MODEL_KWARGS` (ViT), `eradio.py` (E-RADIO)"
+        "the builder's keyword arguments: `VIT_MODEL_KWARGS` (ViT), `eradio.py` (E-RADIO); the DINOv2 "
+        "students' builders (dino_v2_{l,g}_student) ignore them"
     ),
     "model_norm": _mapped("a final LayerNorm (`final_norm`); the DINOv2 students always have one"),
     "cpe_max_size": _mapped("the position table's side in px (checked against `pos_embed`); E-RADIO: None"),
