@@ -63,7 +63,8 @@ class RadioCPEPatchEmbeddings(RadioPatchEmbeddings):
         frames = self.num_video_frames or 1
         if batch % frames:
             raise ValueError(
-                f"video mode with {frames} frames per clip needs a batch of clips * {frames} frames, got {batch}"
+                f"video mode with {frames} frames per clip needs dense (clips * {frames}, 3, H, W) batches, got "
+                f"{batch} frames (packed input is not split into clips)"
             )
         return self._random_crops(input_dims, batch // frames).repeat_interleave(frames, dim=0)
 
