@@ -14,6 +14,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("llava_patch.train", "LLaVA-1.5 training with RADIO: --stage pretrain | finetune | lora."),
     "merge-lora": ("llava_patch.merge_lora", "Merge a LoRA run's adapter into a full RADIO-LLaVA model."),
     "convert": ("llava_patch.convert", "Convert LLaVA-1.5 checkpoints: original LLaVA <-> transformers."),
+    "export": (
+        "llava_patch.export",
+        "A run as a folder for AutoProcessor / pipeline(); --remote-code: loads without radio_vlm.",
+    ),
 }
 
 

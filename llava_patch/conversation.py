@@ -2,8 +2,8 @@
 
 Reproduces, token for token, what the original LLaVA code (haotian-liu/LLaVA `llava/train/train.py`
 `preprocess_multimodal`, `preprocess_plain`, `preprocess_v1` and `llava/mm_utils.py`
-`tokenizer_image_token`) feeds the model, so a RADIO-LLaVA trained here sees the same sequences as
-LLaVA-1.5. One deliberate difference: where LLaVA masks a whole sample after its masking arithmetic
+`tokenizer_image_token`, shared with `RadioLlavaProcessor`) feeds the model, so a RADIO-LLaVA trained here
+sees the same sequences as LLaVA-1.5. One deliberate difference: where LLaVA masks a whole sample after its masking arithmetic
 disagrees with the tokenisation (and trains on nothing, printing a warning that scrolls away),
 `tokenize_conversation` raises `MaskingMismatch` naming the sample, and the data set skips and counts it.
 
@@ -16,9 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+# one definition for training and for the processor that ships with the model (exportable, so it lives there)
+from radio_vlm.models.processing_radio_llava import IMAGE_TAG, tokenizer_image_token
+
 IGNORE_INDEX = -100  # llava/constants.py; also the ignore_index of transformers' causal-LM loss
 LLAVA_IMAGE_TOKEN_INDEX = -200  # llava/constants.py: placeholder id that is never embedded
-IMAGE_TAG = "<image>"
 ROLE_OF = {"human": 0, "gpt": 1}  # LLaVA JSON "from" field -> index into a template's roles
 
 
@@ -70,22 +72,6 @@ def get_template(name: str) -> ConversationTemplate:
     if name not in TEMPLATES:
         raise ValueError(f"unknown conversation template {name!r}: choose one of {sorted(TEMPLATES)}")
     return TEMPLATES[name]
-
-
-def tokenizer_image_token(prompt: str, tokenizer, image_token_id: int = LLAVA_IMAGE_TOKEN_INDEX) -> list[int]:
-    """Token ids of `prompt` with each `<image>` as one `image_token_id`.
-
-    Like LLaVA's `tokenizer_image_token`: every text chunk between tags is tokenised on its own (so the
-    text after an image starts with the SentencePiece dummy prefix), and only the first BOS is kept.
-    """
-    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split(IMAGE_TAG)]
-    offset = int(bool(chunks and chunks[0] and chunks[0][0] == tokenizer.bos_token_id))
-    ids = chunks[0][:1] if offset else []
-    for i, chunk in enumerate(chunks):
-        if i > 0:
-            ids.append(image_token_id)
-        ids.extend(chunk[offset:])
-    return ids
 
 
 def move_image_tag_first(text: str) -> str:

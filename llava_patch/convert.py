@@ -53,6 +53,7 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
 )
+from transformers.utils import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME
 
 import radio_vlm  # noqa: F401  registers RadioLlavaVisionConfig for LlavaForConditionalGeneration.from_pretrained
 from llava_patch.vision_tower import RADIO_PREFIX, RadioVisionTower, parse_radio_tower_name
@@ -60,7 +61,8 @@ from radio_vlm import RadioLlavaVisionConfig
 from radio_vlm.convert import read_state_dict
 from radio_vlm.models.image_processing_radio import RadioImageProcessor
 
-from .processing import IMAGE_TAG, add_image_token
+from .conversation import IMAGE_TAG
+from .processing import RadioLlavaProcessor, add_image_token
 
 # (original prefix, transformers prefix); the first match wins, so the longer vision prefix comes first
 PREFIXES = (
@@ -209,9 +211,12 @@ def llava_to_hf(src: Path, out: Path, vision_tower: str | None = None) -> Path:
     # names, which from_pretrained reads as they are.
     config.save_pretrained(out)
     save_torch_state_dict(_compact(hf_state), out, max_shard_size="5GB")
-    image_processor.save_pretrained(out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
+    if tokenizer is not None and isinstance(image_processor, RadioImageProcessor):
+        RadioLlavaProcessor(tokenizer, image_processor).save_pretrained(out)  # for AutoProcessor / pipeline()
+    else:
+        image_processor.save_pretrained(out)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)
     return out
 
 
@@ -227,9 +232,8 @@ def _tower_to_llava(model, out: Path, original: dict, src: Path) -> dict:
         # the image size settings: the source's RadioImageProcessor, else the original tower name's
         name = original.get("mm_vision_tower", "")
         sizes = vars(parse_radio_tower_name(name)) if name.startswith(RADIO_PREFIX) else {}
-        processor_file = src / "preprocessor_config.json"
-        if processor_file.is_file():
-            sizes = json.loads(processor_file.read_text())
+        if (src / PROCESSOR_NAME).is_file() or (src / IMAGE_PROCESSOR_NAME).is_file():
+            sizes = RadioImageProcessor.from_pretrained(src).to_dict()  # a run's processor, or one alone
         parts = [f"feature={'+'.join(config.vision_config.feature_sources)}"]
         if sizes.get("long_edge"):
             parts.insert(0, f"long_edge={sizes['long_edge']}")
@@ -242,11 +246,10 @@ def _tower_to_llava(model, out: Path, original: dict, src: Path) -> dict:
             "mm_vision_tower": f"{RADIO_PREFIX}{folder}:{','.join(parts)}",
             "mm_vision_select_feature": "patch",
         }
-    processor_file = src / "preprocessor_config.json"
     side = config.vision_config.image_size
     processor = (
         CLIPImageProcessor.from_pretrained(src)
-        if processor_file.is_file()
+        if (src / PROCESSOR_NAME).is_file() or (src / IMAGE_PROCESSOR_NAME).is_file()
         else CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
     )
     processor.save_pretrained(folder)

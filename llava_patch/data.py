@@ -30,6 +30,7 @@ from .conversation import (
     ROLE_OF,
     ConversationTemplate,
     MaskingMismatch,
+    expand_image_tokens,
     tokenize_conversation,
 )
 from .processing import RadioLlavaProcessor, pad_images
@@ -224,7 +225,8 @@ class LazySupervisedDataset(Dataset):
             )
         except MaskingMismatch as err:
             raise BadSample("masking mismatch", str(err)) from err
-        ids = self.processor.expand(ids, images)
+        num_tokens = [self.processor.num_image_tokens(image) for image in images]
+        ids = expand_image_tokens(ids, self.processor.image_token_id, num_tokens)
         image_end = max(
             (i + 1 for i, t in enumerate(ids.input_ids) if t == self.processor.image_token_id), default=0
         )

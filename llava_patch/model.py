@@ -5,7 +5,7 @@
     model, processor = build("tiny-radio", "tiny-llama")            # or local folders
     model.save_pretrained(out); processor.save_pretrained(out)      # what `radio-llava train` writes
     model, processor = load_pretrained(out)                         # any saved run or checkpoint folder
-    inputs = processor("USER: <image>\\nWhat is it? ASSISTANT:", images=[image])
+    inputs = processor(images=[image], text="USER: <image>\\nWhat is it? ASSISTANT:")
     ids = model.generate(**inputs, max_new_tokens=16)
 
 Both arguments of `build` take a local folder or a registered tiny twin (`radio_vlm.tiny.list_tiny_models()`,
@@ -30,7 +30,7 @@ from radio_vlm.models.image_processing_radio import RadioImageProcessor
 from radio_vlm.tiny import build_tiny_radio, list_tiny_models
 
 from .llm import load_llm
-from .processing import RadioLlavaProcessor, add_image_token
+from .processing import RadioLlavaProcessor, add_image_token, load_processor
 
 PROJECTORS = (
     "mlp2x_gelu",
@@ -145,5 +145,5 @@ def load_pretrained(
 ) -> tuple[LlavaForConditionalGeneration, RadioLlavaProcessor]:
     """(model, processor) saved by `radio-llava train` (an output folder or a `checkpoint-N` folder with
     full weights; for LoRA runs, `radio-llava merge-lora` first)."""
-    model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype)
-    return model, RadioLlavaProcessor.from_pretrained(directory)
+    processor = load_processor(directory)  # first: a folder without one fails before the weights load
+    return LlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype), processor

@@ -155,7 +155,7 @@ def generate_answers(
         for i in range(0, len(todo), batch_size):
             batch = todo[i : i + batch_size]
             images = [load_image(Path(image_folder) / q.image) for q in batch]
-            inputs = processor([build_prompt(q.text, conv_mode) for q in batch], images=images)
+            inputs = processor(images=images, text=[build_prompt(q.text, conv_mode) for q in batch])
             inputs = {k: v.to(device) for k, v in inputs.items()}
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
             output = model.generate(

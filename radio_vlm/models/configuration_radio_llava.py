@@ -1,11 +1,13 @@
-"""Configuration of `RadioLlavaVisionModel`: RADIO as the vision tower of transformers' LLaVA.
+"""Configuration of `RadioLlavaVisionModel`: RADIO as the vision tower of transformers' LLaVA; and
+`RadioLlavaConfig`, the LLaVA config that knows that tower without `radio_vlm` (remote code).
 
 Exported next to the weights for `trust_remote_code`, so it imports only transformers and sibling files.
 """
 
 from __future__ import annotations
 
-from transformers import PretrainedConfig
+from transformers import AutoConfig, LlavaConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 
 from .configuration_radio_with_adaptors import RadioWithAdaptorsConfig
 
@@ -80,3 +82,17 @@ class RadioLlavaVisionConfig(PretrainedConfig):
     @property
     def patch_size(self) -> int:
         return self.radio_config.patch_size
+
+
+class RadioLlavaConfig(LlavaConfig):
+    r"""`LlavaConfig` whose `vision_config` is a [`RadioLlavaVisionConfig`].
+
+    A run's config.json is a stock LLaVA one (`model_type="llava"`): with `radio_vlm` imported, `LlavaConfig`
+    finds the tower's `model_type` in AutoConfig. Where radio_vlm is not installed, `radio-llava export
+    --remote-code` points `auto_map["AutoConfig"]` here, so the same file loads with `trust_remote_code=True`.
+    """
+
+    sub_configs_defaults = {
+        "vision_config": RadioLlavaVisionConfig,
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoModel, LlavaForConditionalGeneration, PreTrainedModel
+from transformers.conversion_mapping import (
+    get_checkpoint_conversion_mapping,
+    register_checkpoint_conversion_mapping,
+)
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .configuration_radio_llava import RadioLlavaVisionConfig, parse_feature_source
+from .configuration_radio_llava import RadioLlavaConfig, RadioLlavaVisionConfig, parse_feature_source
 from .image_processing_radio import patchify
 from .modeling_radio_with_adaptors import RadioWithAdaptors
 
@@ -123,3 +127,22 @@ class RadioLlavaVisionModel(PreTrainedModel):
             else:
                 parts.append(out.adaptors[arg].features.to(out.features.dtype))
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+
+class RadioLlavaForConditionalGeneration(LlavaForConditionalGeneration):
+    """transformers' `LlavaForConditionalGeneration` for a folder loaded with `trust_remote_code=True`
+    (`radio-llava export --remote-code`); the same modules and weights, nothing overridden but the config
+    class. With `radio_vlm` installed a run loads as the stock class."""
+
+    config_class = RadioLlavaConfig
+
+    def __init__(self, config: RadioLlavaConfig):
+        # What transformers knows of the stock class but not of remote code: LlavaModel builds its tower with
+        # AutoModel.from_config(config.vision_config) (radio_vlm's import registers it; remote code has no
+        # radio_vlm), and a LLaVA checkpoint's keys (`language_model.lm_head.weight`, ...) are renamed on
+        # load and save by the "llava" conversion mapping, which custom classes only get when registered.
+        AutoModel.register(type(config.vision_config), RadioLlavaVisionModel, exist_ok=True)
+        register_checkpoint_conversion_mapping(
+            type(self).__name__, get_checkpoint_conversion_mapping(config.model_type), overwrite=True
+        )
+        super().__init__(config)

@@ -8,12 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlavaForConditionalGeneration
+from transformers import (
+    AutoProcessor,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlavaForConditionalGeneration,
+)
 
 import llava_patch
 from llava_patch.cli import main as cli
 from llava_patch.convert import read_state_dict, rename
 from llava_patch.llm import build_tiny_llama
+from llava_patch.processing import RadioLlavaProcessor
 
 IMAGE = -200  # LLaVA's placeholder id
 
@@ -104,6 +111,10 @@ def test_round_trip_identical_logits(llava, clip_dir, tmp_path, tower_kind):
         logits = hf(input_ids=hf_ids, pixel_values=pixel_values).logits
     assert logits.shape[1] == reference.shape[1]
     torch.testing.assert_close(logits[..., :vocab], reference, rtol=0, atol=1e-5)
+    if tower_kind == "radio":  # the converted folder serves with AutoProcessor / pipeline()
+        processor = AutoProcessor.from_pretrained(tmp_path / "hf")
+        assert isinstance(processor, RadioLlavaProcessor) and processor.image_processor.long_edge == 48
+        assert processor.image_token_id == config.image_token_id
 
     assert (
         cli(["convert", "--from", "hf", "--to", "llava", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0

@@ -24,7 +24,7 @@ def images():
 
 def test_mixed_size_batch_equals_images_one_by_one(tiny, images):
     model, processor = tiny
-    inputs = processor(PROMPTS, images=images)
+    inputs = processor(images=images, text=PROMPTS)
     # 48x64 stays 48x64 (3x4 patches); 64x20 stays 64x20, padded to 64x32 (4x2 patches)
     assert inputs["image_sizes"].tolist() == [[48, 64], [64, 32]]
     assert (inputs["input_ids"] == processor.image_token_id).sum(1).tolist() == [12, 8]
@@ -78,19 +78,21 @@ def test_save_load_identical_logits_and_generate(tiny, images, tmp_path):
     processor.save_pretrained(tmp_path)
     loaded, loaded_processor = load_pretrained(tmp_path)
     assert isinstance(loaded.model.vision_tower, RadioLlavaVisionModel)
-    inputs = processor(PROMPTS, images=images)
-    loaded_inputs = loaded_processor(PROMPTS, images=images)
+    inputs = processor(images=images, text=PROMPTS)
+    loaded_inputs = loaded_processor(images=images, text=PROMPTS)
     assert all(torch.equal(inputs[k], loaded_inputs[k]) for k in inputs)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**loaded_inputs).logits, model(**inputs).logits, atol=0, rtol=0)
     loaded_processor.tokenizer.padding_side = "left"
-    generated = loaded.generate(**loaded_processor(PROMPTS, images=images), max_new_tokens=3, do_sample=False)
+    generated = loaded.generate(
+        **loaded_processor(images=images, text=PROMPTS), max_new_tokens=3, do_sample=False
+    )
     assert generated.shape[0] == 2
 
 
 def test_processor_rejects_tag_count_mismatch(tiny, images):
     with pytest.raises(ValueError, match="1 <image> tags but 2 images"):
-        tiny[1](PROMPTS[0], images=images)
+        tiny[1](images=images, text=PROMPTS[0])
 
 
 def test_local_folders_load_like_the_tiny_twins(tmp_path, images):

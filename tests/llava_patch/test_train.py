@@ -122,7 +122,7 @@ def test_lora_merge_equals_unmerged(data, tmp_path):
     merged, processor = merge_lora(out)
     base, _ = build_for_stage({**read_run_config(out), "stage": "base"})
     unmerged = PeftModel.from_pretrained(base, out).eval()
-    inputs = processor(["USER: <image>\nwhat is it ASSISTANT: a"], images=[torch.rand(3, 40, 64)])
+    inputs = processor(images=[torch.rand(3, 40, 64)], text=["USER: <image>\nwhat is it ASSISTANT: a"])
     with torch.no_grad():
         expected = unmerged(**inputs).logits
         with unmerged.disable_adapter():
