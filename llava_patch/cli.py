@@ -10,6 +10,10 @@ from radio_vlm.cli import run_subcommands
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "score": ("llava_patch.eval.score", "Score answers as the official vqav2/textvqa/gqa/pope scorers do."),
     "merge": ("llava_patch.eval.merge", "Concatenate chunked answer files in question order."),
+    "textvqa-no-ocr": (
+        "llava_patch.eval.textvqa",
+        "TextVQA questions without OCR tokens (lmms-eval's prompt) from LLaVA's OCR question file.",
+    ),
     "generate": ("llava_patch.eval.generate", "Answer a LLaVA question file (greedy, chunked, resumable)."),
     "train": ("llava_patch.train", "LLaVA-1.5 training with RADIO: --stage pretrain | finetune | lora."),
     "merge-lora": ("llava_patch.merge_lora", "Merge a LoRA run's adapter into a full RADIO-LLaVA model."),

@@ -13,6 +13,7 @@ The image is one placeholder id per `<image>` tag (LLaVA's -200, or the tokenize
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,6 +51,41 @@ class ConversationTemplate:
         for i, (role, text) in enumerate(messages):
             out += f"{self.roles[role]}: {text}{seps[i % 2]}" if text else f"{self.roles[role]}:"
         return out
+
+    def chat_template(self) -> str:
+        """This layout as a Jinja chat template for transformers' `apply_chat_template` (and so for
+        `pipeline("image-text-to-text")` given chat messages): `render` of the "user" / "assistant" messages, a
+        leading "system" message replacing the system prompt; a message's images become "<image>\\n" at its
+        start (LLaVA moves the tag there), its text parts follow. Only for `style="two"` layouts."""
+        if self.style != "two":
+            raise ValueError(
+                f"template {self.name!r}: only a conversation layout ('two') has a chat template"
+            )
+        q = json.dumps  # Jinja string literals
+        return (
+            "{%- macro content(message) -%}"
+            "{%- if message['content'] is string -%}{{ message['content'] }}{%- else -%}"
+            "{%- for part in message['content'] if part['type'] == 'image' -%}{{ "
+            + q(IMAGE_TAG + "\n")
+            + " }}"
+            "{%- endfor -%}"
+            "{%- for part in message['content'] if part['type'] == 'text' -%}{{ part['text'] }}{%- endfor -%}"
+            "{%- endif -%}"
+            "{%- endmacro -%}"
+            "{%- if messages and messages[0]['role'] == 'system' -%}{{ content(messages[0]) }}"
+            "{%- set messages = messages[1:] -%}{%- else -%}{{ " + q(self.system) + " }}{%- endif -%}"
+            "{{ " + q(self.sep) + " }}"
+            "{%- for message in messages -%}"
+            "{%- if message['role'] == 'user' -%}{{ " + q(self.roles[0] + ": ") + " }}{{ content(message) }}"
+            "{{ " + q(self.sep) + " }}"
+            "{%- elif message['role'] == 'assistant' -%}{{ "
+            + q(self.roles[1] + ": ")
+            + " }}{{ content(message) }}"
+            "{{ " + q(self.sep2) + " }}"
+            "{%- else -%}{{ raise_exception('roles are system (first), user and assistant') }}{%- endif -%}"
+            "{%- endfor -%}"
+            "{%- if add_generation_prompt -%}{{ " + q(self.roles[1] + ":") + " }}{%- endif -%}"
+        )
 
 
 # conv_llava_plain and conv_vicuna_v1 of llava/conversation.py (the v1.5 scripts' --version plain / v1)

@@ -62,7 +62,7 @@ from radio_vlm.convert import read_state_dict
 from radio_vlm.models.image_processing_radio import RadioImageProcessor
 
 from .conversation import IMAGE_TAG
-from .processing import RadioLlavaProcessor, add_image_token
+from .processing import add_image_token, make_processor
 
 # (original prefix, transformers prefix); the first match wins, so the longer vision prefix comes first
 PREFIXES = (
@@ -212,7 +212,7 @@ def llava_to_hf(src: Path, out: Path, vision_tower: str | None = None) -> Path:
     config.save_pretrained(out)
     save_torch_state_dict(_compact(hf_state), out, max_shard_size="5GB")
     if tokenizer is not None and isinstance(image_processor, RadioImageProcessor):
-        RadioLlavaProcessor(tokenizer, image_processor).save_pretrained(out)  # for AutoProcessor / pipeline()
+        make_processor(tokenizer, image_processor).save_pretrained(out)  # for AutoProcessor / pipeline()
     else:
         image_processor.save_pretrained(out)
         if tokenizer is not None:

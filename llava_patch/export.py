@@ -33,7 +33,7 @@ from radio_vlm.models import configuration_radio_llava, modeling_radio_llava
 from radio_vlm.models.image_processing_radio import RadioImageProcessor
 
 from .llm import configure_tokenizer
-from .processing import RadioLlavaProcessor
+from .processing import RadioLlavaProcessor, make_processor
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 # besides the safetensors shards (and their index), the files of the model that serving needs
@@ -57,7 +57,7 @@ def run_processor(run: Path) -> RadioLlavaProcessor:
             f"{IMAGE_PROCESSOR_NAME} the run was trained with into it"
         )
     tokenizer = configure_tokenizer(AutoTokenizer.from_pretrained(run))
-    return RadioLlavaProcessor(tokenizer, RadioImageProcessor.from_pretrained(run))
+    return make_processor(tokenizer, RadioImageProcessor.from_pretrained(run))
 
 
 def _read_config(run: Path) -> dict:

@@ -30,7 +30,7 @@ from radio_vlm.models.image_processing_radio import RadioImageProcessor
 from radio_vlm.tiny import build_tiny_radio, list_tiny_models
 
 from .llm import load_llm
-from .processing import RadioLlavaProcessor, add_image_token, load_processor
+from .processing import RadioLlavaProcessor, add_image_token, load_processor, make_processor
 
 PROJECTORS = (
     "mlp2x_gelu",
@@ -137,7 +137,7 @@ def build(
     if long_edge is None:
         long_edge = min(LONG_EDGE, radio_config.max_resolution or LONG_EDGE)
     image_processor = RadioImageProcessor.from_model_config(radio_config, long_edge=long_edge)
-    return model, RadioLlavaProcessor(tokenizer, image_processor)
+    return model, make_processor(tokenizer, image_processor)
 
 
 def load_pretrained(

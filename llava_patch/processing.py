@@ -1,7 +1,9 @@
 """`RadioLlavaProcessor` for llava_patch: the class lives in `radio_vlm.models.processing_radio_llava` (it is
-exported with the model for `trust_remote_code`); this module loads it from a run with a clear error.
+exported with the model for `trust_remote_code`); this module makes one with LLaVA-1.5's chat template and
+loads one from a run with a clear error.
 
-    processor = load_processor("ckpt/finetune")   # = AutoProcessor.from_pretrained("ckpt/finetune")
+    processor = make_processor(tokenizer, image_processor)   # what a run saves
+    processor = load_processor("ckpt/finetune")              # = AutoProcessor.from_pretrained("ckpt/finetune")
 """
 
 from __future__ import annotations
@@ -10,13 +12,26 @@ from pathlib import Path
 
 from transformers.utils import PROCESSOR_NAME
 
+from radio_vlm.models.image_processing_radio import RadioImageProcessor
 from radio_vlm.models.processing_radio_llava import RadioLlavaProcessor, add_image_token, pad_images
 
-__all__ = ["RadioLlavaProcessor", "add_image_token", "load_processor", "pad_images"]
+from .conversation import get_template
+
+__all__ = ["RadioLlavaProcessor", "add_image_token", "load_processor", "make_processor", "pad_images"]
+# the conversation of LLaVA-1.5's fine-tuned models, which `radio-llava generate` prompts with (--conv-mode)
+CHAT_TEMPLATE = "vicuna_v1"
 
 
 class MissingProcessorError(FileNotFoundError):
     """A model folder without the `RadioLlavaProcessor` that AutoProcessor and pipeline() need."""
+
+
+def make_processor(tokenizer, image_processor: RadioImageProcessor) -> RadioLlavaProcessor:
+    """A `RadioLlavaProcessor` whose `apply_chat_template` (and `pipeline(...)` given chat messages) renders
+    LLaVA-1.5's vicuna_v1 prompt, the one `radio-llava generate` builds."""
+    return RadioLlavaProcessor(
+        tokenizer, image_processor, chat_template=get_template(CHAT_TEMPLATE).chat_template()
+    )
 
 
 def load_processor(directory: str | Path) -> RadioLlavaProcessor:

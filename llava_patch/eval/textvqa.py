@@ -12,10 +12,20 @@ answer lines, unrounded (LLaVA prints it with 2 decimals).
 
 Every answer line counts, as in LLaVA: if two lines match the same question, both are scored (and reported
 as duplicates). Annotations that no line matches are counted in num_missing, never scored.
+
+Two prompt conventions exist, and the RADIOv2.5 tech report publishes both columns: LLaVA-1.5's
+(`llava_textvqa_val_v051_ocr.jsonl`, "{question}\nReference OCR token: {tokens}\nAnswer the question using a
+single word or phrase.", the OCR line left out where an image has none) and lmms-eval's without OCR tokens
+("{question.capitalize()}\nAnswer the question using a single word or phrase.", its TextVQA default
+`ocr: false`). `radio-llava textvqa-no-ocr` writes the second question file from the first; the scorer
+matches both the same way and reports which one it scored (`prompt_style`, from the answers' prompts).
+
+    radio-llava textvqa-no-ocr llava_textvqa_val_v051_ocr.jsonl llava_textvqa_val_v051_no_ocr.jsonl
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 from typing import Any
@@ -27,12 +37,31 @@ from llava_patch.eval.io import (
     load_answers,
     missing_record,
     read_json,
+    read_jsonl,
+    write_jsonl,
 )
 from llava_patch.eval.normalize import llava_answer_processor
 
 # eval_textvqa.py `prompt_processor`, for the "OCR tokens: ... Question: ... Short answer:" prompt style
 _OCR_STYLE_QUESTION = re.compile(r"Question: (.*?) Short answer:", re.DOTALL)
 NUM_HUMAN_ANSWERS = 10  # m4c_evaluator asserts exactly ten answers per question
+OCR_LINE = "Reference OCR token: "  # LLaVA-1.5's question file
+
+
+def has_ocr_tokens(prompt: str) -> bool:
+    """Whether a TextVQA prompt carries OCR tokens (either style `question_from_prompt` parses)."""
+    return prompt.startswith("OCR tokens: ") or OCR_LINE in prompt
+
+
+def prompt_without_ocr(text: str) -> str | None:
+    """lmms-eval's prompt for a LLaVA-1.5 TextVQA question text: the question capitalised (`str.capitalize`, as
+    lmms-eval) and the answer instruction, without the OCR line; None if `text` is not in LLaVA's layout."""
+    lines = text.split("\n")
+    if len(lines) == 3 and lines[1].startswith(OCR_LINE):
+        del lines[1]
+    if len(lines) != 2 or not lines[0] or any(OCR_LINE in line for line in lines):
+        return None
+    return f"{lines[0].capitalize()}\n{lines[1]}"
 
 
 def question_from_prompt(prompt: str) -> str | None:
@@ -129,9 +158,13 @@ def score_textvqa(answers_path: str | Path, annotations_path: str | Path) -> Sco
         )
     missing = [key for key in annotations if key not in matched]
     scores = [row["score"] for row in per_question]
+    with_ocr = sum(has_ocr_tokens(answer.prompt) for answer in answer_lines)
     metrics = {
         "benchmark": "textvqa",
         "accuracy": 100.0 * (sum(scores) / len(scores)) if scores else None,
+        # LLaVA-1.5's file leaves the OCR line out where an image has no OCR tokens: one prompt with them is enough
+        "prompt_style": "with_ocr_tokens" if with_ocr else "without_ocr_tokens",
+        "num_prompts_with_ocr_tokens": with_ocr,
         **coverage_metrics(
             len(annotations),
             len(answer_lines),
@@ -150,3 +183,31 @@ def score_textvqa(answers_path: str | Path, annotations_path: str | Path) -> Sco
         for key in missing
     ]
     return ScoreResult(metrics, per_question)
+
+
+def write_questions_without_ocr(source: str | Path, out: str | Path) -> int:
+    """Write `source` (LLaVA's llava_textvqa_val_v051_ocr.jsonl) to `out` with lmms-eval's prompts without OCR
+    tokens; every other field (question_id = image id, image) as it was. Returns the number of questions."""
+    rows = []
+    for number, row in read_jsonl(source):
+        text = row.get("text") if isinstance(row, dict) else None
+        prompt = prompt_without_ocr(text) if isinstance(text, str) else None
+        if prompt is None:
+            raise EvalInputError(
+                f"{source}:{number}: not a LLaVA TextVQA question ('{{question}}\\nReference OCR token: ...\\n"
+                f"Answer ...' or '{{question}}\\nAnswer ...'), got text {text!r:.120}"
+            )
+        rows.append({**row, "text": prompt})
+    write_jsonl(out, rows)
+    return len(rows)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("questions", help="LLaVA's llava_textvqa_val_v051_ocr.jsonl")
+    parser.add_argument("out", help="the question file to write, e.g. llava_textvqa_val_v051_no_ocr.jsonl")
+
+
+def run(args: argparse.Namespace) -> int:
+    count = write_questions_without_ocr(args.questions, args.out)
+    print(f"wrote {count} TextVQA questions without OCR tokens (lmms-eval's prompt) to {args.out}")
+    return 0

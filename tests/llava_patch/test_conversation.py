@@ -11,10 +11,12 @@ import torch
 from llava_patch.compat import import_original_llava
 from llava_patch.conversation import (
     IGNORE_INDEX,
+    IMAGE_TAG,
     LLAVA_IMAGE_TOKEN_INDEX,
     MaskingMismatch,
     expand_image_tokens,
     get_template,
+    move_image_tag_first,
     tokenize_conversation,
 )
 from llava_patch.llm import train_llama_tokenizer
@@ -147,3 +149,35 @@ def test_expand_image_tokens():
     assert out.input_ids == [1, 9, 9, 5, 9, 9, 9, 6]
     assert out.labels == [IGNORE_INDEX] * 3 + [5] + [IGNORE_INDEX] * 3 + [6]
     assert torch.tensor(out.input_ids).eq(9).sum() == 5
+
+
+def test_chat_template_renders_the_original_llava_prompt(llama_tokenizer, original):
+    """The vicuna_v1 chat template that runs save (apply_chat_template, pipeline chat input) gives the prompt
+    of the original LLaVA's `conv_vicuna_v1.get_prompt()`, images moved first as preprocess_multimodal does."""
+    _, conversation_lib = original
+    chat_template = get_template("vicuna_v1").chat_template()
+    rng = random.Random(3)
+    for turns in _conversations(rng, 10, with_image=True):
+        turns = turns[:-1]  # end on a question: a generation prompt
+        conv = conversation_lib.conv_templates["vicuna_v1"].copy()
+        messages = []
+        for i, turn in enumerate(turns):
+            value = move_image_tag_first(turn["value"])
+            conv.append_message(conv.roles[i % 2], value)
+            text = value.removeprefix(IMAGE_TAG + "\n")
+            parts = [{"type": "image"}] if value != text else []
+            messages.append(
+                {"role": ("user", "assistant")[i % 2], "content": [*parts, {"type": "text", "text": text}]}
+            )
+        conv.append_message(conv.roles[1], None)
+        rendered = llama_tokenizer.apply_chat_template(
+            messages, chat_template=chat_template, tokenize=False, add_generation_prompt=True
+        )
+        assert rendered == conv.get_prompt()
+    system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert (
+        llama_tokenizer.apply_chat_template(system, chat_template=chat_template, tokenize=False)
+        == "Be brief. USER: Hi "
+    )
+    with pytest.raises(ValueError, match="only a conversation layout"):
+        get_template("plain").chat_template()

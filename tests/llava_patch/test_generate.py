@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,7 @@ from llava_patch.eval.generate import (
 )
 from llava_patch.eval.io import EvalInputError, write_jsonl
 from llava_patch.model import build, load_pretrained
+from radio_vlm.demo.data import write_textvqa
 
 SUFFIX = "\nAnswer the question using a single word or phrase."
 SIZES = [(96, 64), (64, 112), (80, 80), (112, 48), (64, 64)]  # differently sized and shaped images
@@ -141,3 +146,33 @@ def test_generate_cli(bench, tmp_path: Path, capsys) -> None:
     assert main(argv + ["--num-chunks", "2", "--chunk-idx", "1", "--batch-size", "2"]) == 0
     assert [json.loads(x)["question_id"] for x in out.read_text().splitlines()] == ["q3", "q4"]
     assert json.loads(out.read_text().splitlines()[0])["model_id"] == "model"
+
+
+def test_textvqa_script_without_ocr_tokens(bench, tmp_path: Path, subprocess_env) -> None:
+    """scripts/eval/textvqa.sh MODEL without-ocr: writes lmms-eval's question file from LLaVA's, generates,
+    merges and scores, reporting the convention it scored."""
+    eval_dir = tmp_path / "eval"
+    write_textvqa(eval_dir / "textvqa", random.Random(0), 3, set())  # LLaVA's files, with OCR lines
+    script = Path(__file__).resolve().parents[2] / "scripts" / "eval" / "textvqa.sh"
+    env = {**subprocess_env, "EVAL_DIR": str(eval_dir), "CUDA_VISIBLE_DEVICES": "0"}
+    env["PATH"] = (
+        os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    )  # radio-llava of this environment
+    result = subprocess.run(
+        ["bash", str(script), str(bench["model"]), "without-ocr"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    split = eval_dir / "textvqa" / "llava_textvqa_val_v051_no_ocr.jsonl"
+    assert all("OCR" not in json.loads(line)["text"] for line in split.read_text().splitlines())
+    metrics = json.loads(
+        (eval_dir / "textvqa" / "answers" / split.stem / "model" / "metrics.json").read_text()
+    )
+    assert metrics["prompt_style"] == "without_ocr_tokens" and metrics["num_answered"] == 3
+    bad = subprocess.run(
+        ["bash", str(script), str(bench["model"]), "ocr"], capture_output=True, text=True, env=env
+    )
+    assert bad.returncode == 2 and "with-ocr|without-ocr" in bad.stderr

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from llava_patch.cli import main
 from llava_patch.eval.gqa import convert_prediction, score_gqa
 from llava_patch.eval.io import EvalInputError, write_jsonl
-from llava_patch.eval.textvqa import question_from_prompt, score_textvqa, textvqa_accuracy
+from llava_patch.eval.textvqa import prompt_without_ocr, question_from_prompt, score_textvqa, textvqa_accuracy
 
 SUFFIX = "\nAnswer the question using a single word or phrase."
 
@@ -39,6 +40,64 @@ SUFFIX = "\nAnswer the question using a single word or phrase."
 )
 def test_question_from_prompt(prompt: str, expected: str | None, rule: str) -> None:
     assert question_from_prompt(prompt) == expected, rule
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("what brand is it?\nReference OCR token: Nike, 23" + SUFFIX, "What brand is it?" + SUFFIX),
+        (
+            "what does the SIGN say?" + SUFFIX,
+            "What does the sign say?" + SUFFIX,
+        ),  # str.capitalize, as lmms-eval
+        ("Reference OCR token: a\nWhat?" + SUFFIX, None),  # not LLaVA's layout
+        ("What?\nReference OCR token: a\nb" + SUFFIX, None),
+        ("What?", None),
+    ],
+)
+def test_prompt_without_ocr_is_lmms_evals(text: str, expected: str | None) -> None:
+    assert prompt_without_ocr(text) == expected
+    if expected is not None:  # the scorer finds the same question in both prompts
+        assert question_from_prompt(expected) == question_from_prompt(text)
+
+
+def test_textvqa_both_prompt_conventions_score_and_say_which(tmp_path: Path, capsys) -> None:
+    entries = [
+        {"question_id": 1, "image_id": "a", "question": "what brand?", "answers": ["nike"] * 10},
+        {"question_id": 2, "image_id": "b", "question": "what number?", "answers": ["23"] * 7 + ["22"] * 3},
+    ]
+    questions = [  # LLaVA-1.5's file: the OCR line only where the image has OCR tokens
+        {"question_id": "a", "image": "a.jpg", "text": "what brand?\nReference OCR token: Nike" + SUFFIX},
+        {"question_id": "b", "image": "b.jpg", "text": "what number?" + SUFFIX},
+    ]
+    write_jsonl(tmp_path / "ocr.jsonl", questions)
+    assert main(["textvqa-no-ocr", str(tmp_path / "ocr.jsonl"), str(tmp_path / "no_ocr.jsonl")]) == 0
+    without = [json.loads(line) for line in (tmp_path / "no_ocr.jsonl").read_text().splitlines()]
+    assert [q["text"] for q in without] == ["What brand?" + SUFFIX, "What number?" + SUFFIX]
+    assert [(q["question_id"], q["image"]) for q in without] == [("a", "a.jpg"), ("b", "b.jpg")]
+    (tmp_path / "ann.json").write_text(json.dumps({"data": entries}))
+    for name, rows in (("ocr", questions), ("no_ocr", without)):
+        answers = [
+            {"question_id": q["question_id"], "prompt": q["text"], "text": t}
+            for q, t in zip(rows, ["Nike", "22"])
+        ]
+        write_jsonl(tmp_path / f"{name}_answers.jsonl", answers)
+        argv = ["score", "--benchmark", "textvqa", "--answers", str(tmp_path / f"{name}_answers.jsonl")]
+        assert (
+            main(
+                argv + ["--annotations", str(tmp_path / "ann.json"), "--out", str(tmp_path / f"{name}.json")]
+            )
+            == 0
+        )
+    with_ocr, no_ocr = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("ocr", "no_ocr"))
+    assert with_ocr["accuracy"] == no_ocr["accuracy"] == pytest.approx(100 * (1 + 0.9) / 2)
+    assert (with_ocr["prompt_style"], with_ocr["num_prompts_with_ocr_tokens"]) == ("with_ocr_tokens", 1)
+    assert (no_ocr["prompt_style"], no_ocr["num_prompts_with_ocr_tokens"]) == ("without_ocr_tokens", 0)
+    write_jsonl(
+        tmp_path / "bad.jsonl", [questions[0], {"question_id": "c", "image": "c.jpg", "text": "What?"}]
+    )
+    with pytest.raises(EvalInputError, match=r"bad.jsonl:2: not a LLaVA TextVQA question"):
+        main(["textvqa-no-ocr", str(tmp_path / "bad.jsonl"), str(tmp_path / "x.jsonl")])
 
 
 def test_textvqa_accuracy_always_processes_both_sides() -> None:

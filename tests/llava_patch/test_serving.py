@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -105,6 +106,18 @@ def test_pipeline_answers_equal_radio_llava_generate(served, tmp_path: Path) -> 
     ]
     assert piped == answers
     assert all(answers) and len(set(answers)) > 1  # real, image-dependent answers, not empty strings
+    # chat input: the run's vicuna_v1 chat template renders the same prompt
+    chat = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": _image(served, 2)},
+                {"type": "text", "text": questions[2]["text"]},
+            ],
+        }
+    ]
+    out = pipe(text=chat, max_new_tokens=MAX_NEW_TOKENS, return_full_text=False)
+    assert out[0]["generated_text"].strip() == answers[2]
 
 
 BLOCKED_LOAD = textwrap.dedent(
@@ -216,3 +229,18 @@ def test_exporting_code_leaves_the_processor_as_it_was(served, tmp_path: Path) -
     saved = json.loads((tmp_path / "processor_config.json").read_text())
     assert saved["auto_map"] == {"AutoProcessor": "processing_radio_llava.RadioLlavaProcessor"}
     assert os.path.isfile(tmp_path / "image_io.py")
+
+
+def test_readme_serving_example_runs(served, tmp_path: Path, monkeypatch) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(
+        b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "AutoModelForImageTextToText" in b
+    )
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "finetune").symlink_to(served["run"])
+    _image(served, 3).save(tmp_path / "photo.jpg")
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert isinstance(namespace["processor"], RadioLlavaProcessor)
+    assert namespace["answer"].strip() and namespace["piped"].strip() == namespace["answer"].strip()

@@ -1,0 +1,206 @@
+"""Evaluation throughput: `radio-llava generate` with `--batch-size 16` vs the batch-1 loop of LLaVA's
+model_vqa_loader.py, on the same model and the same questions, greedy.
+
+The model is a RADIO-LLaVA whose LLM is a random LLaMA wide enough that the LLM, not Python overhead,
+dominates (hidden 256, 4 layers by default; the `tiny-llama` tokenizer), with the `tiny-radio` tower. The
+questions (64 by default) ask about images of mixed sizes and aspect ratios (portrait, landscape, square), so
+every batch mixes token counts and is left-padded. Both runs call `generate_answers`, the function behind
+`radio-llava generate`, and write an answers file; the answers are then compared line by line.
+
+    python bench/llava_generate.py          # a table
+    python bench/llava_generate.py --json   # the last line is one JSON object
+
+Two runs of both: answers up to `--max-new-tokens` (128, the cap of `radio-llava generate` and LLaVA; the
+random LLM never emits EOS, so every answer is that long and decoding dominates) and up to
+`--short-new-tokens` (16, short answers: the prefill of ~200 image tokens dominates, which batching does not
+shorten on a CPU).
+
+JSON keys: batched_over_batch1 (questions/s at --batch-size over questions/s at batch 1, wall clock, for
+--max-new-tokens; higher = batching faster), cpu_time_ratio (the same from process CPU time, for a shared
+machine), answers_identical (both runs), num_different, questions_per_s, short_answers (the same ratios for
+--short-new-tokens), and the settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from llava_patch.eval.generate import generate_answers, load_questions  # noqa: E402
+from llava_patch.eval.io import write_jsonl  # noqa: E402
+from llava_patch.llm import MODEL_MAX_LENGTH, build_tiny_llama  # noqa: E402
+from llava_patch.model import build  # noqa: E402
+
+# (width, height) in px: the aspect ratios of common photos (COCO / VGA landscape and portrait, square, HD)
+PHOTO_SIZES = [
+    (640, 480),
+    (480, 640),
+    (612, 612),
+    (500, 375),
+    (375, 500),
+    (1920, 1080),
+    (1080, 1920),
+    (800, 600),
+]
+QUESTION = "What is in the {} part of the image?\nAnswer the question using a single word or phrase."
+
+
+def write_llm(folder: Path, hidden: int, layers: int) -> None:
+    """A random LLaMA (`hidden` wide, `layers` deep, head size 32) with the tiny-llama tokenizer."""
+    _, tokenizer = build_tiny_llama()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 32,
+        num_key_value_heads=hidden // 32,
+        max_position_embeddings=MODEL_MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def write_questions(root: Path, count: int) -> tuple[Path, Path]:
+    """`count` questions on images of PHOTO_SIZES (cycled, with random colours): (question file, image folder)."""
+    rng = random.Random(0)
+    images = root / "images"
+    images.mkdir()
+    rows = []
+    for i in range(count):
+        width, height = PHOTO_SIZES[i % len(PHOTO_SIZES)]
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        Image.new("RGB", (width, height), colour).save(images / f"{i}.png")
+        part = rng.choice(["top", "bottom", "left", "right"])
+        rows.append({"question_id": i, "image": f"{i}.png", "text": QUESTION.format(part)})
+    write_jsonl(root / "questions.jsonl", rows)
+    return root / "questions.jsonl", images
+
+
+def timed_run(model, processor, questions, images: Path, out: Path, batch_size: int, max_new_tokens: int):
+    """(wall s, process CPU s, answers) of one `generate_answers` call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    generate_answers(
+        model, processor, questions, images, out, batch_size=batch_size, max_new_tokens=max_new_tokens
+    )
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return wall, cpu, [json.loads(line)["text"] for line in out.read_text().splitlines()]
+
+
+def compare(
+    model, processor, questions, images: Path, root: Path, batch_size: int, max_new_tokens: int
+) -> dict:
+    """Batch 1 and `batch_size` on the same questions: times, answers compared line by line."""
+    runs = {
+        size: timed_run(
+            model, processor, questions, images, root / f"{size}_{max_new_tokens}.jsonl", size, max_new_tokens
+        )
+        for size in (1, batch_size)
+    }
+    (wall_1, cpu_1, answers_1), (wall_b, cpu_b, answers_b) = runs[1], runs[batch_size]
+    different = [i for i, (a, b) in enumerate(zip(answers_1, answers_b)) if a != b]
+    return {
+        "max_new_tokens": max_new_tokens,
+        "batched_over_batch1": wall_1 / wall_b,
+        "cpu_time_ratio": cpu_1 / cpu_b,
+        "num_different": len(different),
+        "different": different[:10],
+        "runs": {size: {"wall_s": wall, "cpu_s": cpu} for size, (wall, cpu, _) in runs.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--questions", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=128, help="radio-llava generate's (LLaVA's) cap"
+    )
+    parser.add_argument("--short-new-tokens", type=int, default=16, help="the short-answer run beside it")
+    parser.add_argument("--hidden", type=int, default=256, help="the LLM's hidden size (>= 256)")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_llm(root / "llm", args.hidden, args.layers)
+        question_file, images = write_questions(root, args.questions)
+        questions = load_questions(question_file)
+        model, processor = build("tiny-radio", str(root / "llm"))
+        model.to(device).eval()
+        timed_run(
+            model, processor, questions[: args.batch_size], images, root / "warmup.jsonl", args.batch_size, 2
+        )
+        long, short = (
+            compare(model, processor, questions, images, root, args.batch_size, n)
+            for n in (args.max_new_tokens, args.short_new_tokens)
+        )
+        tokens = [processor.image_processor.num_image_tokens(h, w) for w, h in PHOTO_SIZES]
+
+    load = round(os.getloadavg()[0], 2)
+    print(f"{'max new tokens':>14} | {'batch':>5} | {'wall s':>8} | {'CPU s':>8} | {'questions/s':>11}")
+    for regime in (long, short):
+        for size, run in regime["runs"].items():
+            qps = args.questions / run["wall_s"]
+            print(
+                f"{regime['max_new_tokens']:>14} | {size:>5} | {run['wall_s']:8.2f} | {run['cpu_s']:8.2f} | {qps:11.2f}"
+            )
+    for regime in (long, short):
+        print(
+            f"{regime['max_new_tokens']} new tokens: batch {args.batch_size} over batch 1 "
+            f"{regime['batched_over_batch1']:.2f}x wall, {regime['cpu_time_ratio']:.2f}x CPU time; "
+            f"{regime['num_different']} of {args.questions} answers differ {regime['different'] or ''}"
+        )
+    print(
+        f"image tokens {min(tokens)}-{max(tokens)} per image; {torch.get_num_threads()} threads; load average {load}"
+    )
+    if args.json:
+        result = {
+            "batched_over_batch1": round(long["batched_over_batch1"], 4),
+            "cpu_time_ratio": round(long["cpu_time_ratio"], 4),
+            "answers_identical": long["num_different"] == short["num_different"] == 0,
+            "num_different": long["num_different"] + short["num_different"],
+            "questions_per_s": {
+                str(size): round(args.questions / run["wall_s"], 4) for size, run in long["runs"].items()
+            },
+            "short_answers": {
+                "max_new_tokens": short["max_new_tokens"],
+                "batched_over_batch1": round(short["batched_over_batch1"], 4),
+                "cpu_time_ratio": round(short["cpu_time_ratio"], 4),
+            },
+            "baseline": "batch-1 loop (LLaVA model_vqa_loader.py)",
+            "questions": args.questions,
+            "batch_size": args.batch_size,
+            "max_new_tokens": args.max_new_tokens,
+            "llm": f"random LLaMA hidden {args.hidden}, {args.layers} layers",
+            "image_tokens_min_max": [min(tokens), max(tokens)],
+            "device": device,
+            "threads": torch.get_num_threads(),
+            "load_avg_1min": load,
+        }
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
