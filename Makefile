@@ -36,6 +36,7 @@ demo: install
 bench: install
 	$(PY) bench/tower.py --json
 	$(PY) bench/llava_tokens.py --json
+	$(PY) bench/llava_generate.py --json
 	$(PY) bench/distill.py --json
 	$(PY) bench/data_scale.py --json
 	$(PY) bench/eradio.py --json

@@ -121,7 +121,17 @@ class RadioLlavaProcessor(ProcessorMixin):
         height, width = pixel_values.shape[-2:]
         return self.image_processor.num_image_tokens(height, width, resize_mode="nearest_supported")
 
-    def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs) -> BatchFeature:
+    def __call__(
+        self,
+        images: ImageSource | list | None = None,
+        text: str | list[str] | None = None,
+        videos: None = None,
+        audio: None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """Inputs for the model (see the class docstring). `kwargs`: return_tensors ("pt"), padding (always to
+        the longest), add_special_tokens (False drops the BOS), resize_mode / long_edge for the images of this
+        call; `sanitize_control_tokens` (from apply_chat_template) is accepted and has nothing to do here."""
         if videos is not None or audio is not None:
             raise ValueError("RadioLlavaProcessor takes images and text only (no videos or audio)")
         if text is None:

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoProcessor
 
 from llava_patch.checkpoints import load_projector
 from llava_patch.cli import main
 from llava_patch.merge_lora import merge_lora
 from llava_patch.model import build, load_pretrained
+from llava_patch.processing import RadioLlavaProcessor
 from radio_vlm.demo.data import write_training_set
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,6 +96,8 @@ def test_resume_continues_from_the_last_checkpoint(data, tmp_path):
     out = tmp_path / "ft"
     train(data, out, "finetune", "--max-steps", "2", "--save-steps", "2")
     assert (out / "checkpoint-2").is_dir()
+    for folder in (out, out / "checkpoint-2"):  # the processor is saved with the run, for AutoProcessor
+        assert isinstance(AutoProcessor.from_pretrained(folder), RadioLlavaProcessor), folder
     state = train(data, out, "finetune", "--max-steps", "3", "--save-steps", "2")
     assert state["global_step"] == 3
     assert [e["step"] for e in state["log_history"] if "loss" in e] == [
