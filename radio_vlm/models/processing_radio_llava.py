@@ -12,8 +12,8 @@ Images of different sizes share one batch: `pixel_values` (N, 3, H_max, W_max) p
 which the vision tower crops each image and `LlavaModel.get_image_features` splits the features.
 
 Saved with every run (`processor_config.json`), so `AutoProcessor.from_pretrained(run)` returns it after
-`import radio_vlm`; exported next to the weights for `trust_remote_code` (imports only torch, transformers
-and sibling files).
+`import radio_vlm`; exported next to the weights for `trust_remote_code` (imports only torch, numpy,
+transformers and sibling files).
 """
 
 from __future__ import annotations
@@ -166,8 +166,9 @@ class RadioLlavaProcessor(ProcessorMixin):
             ids = tokenizer_image_token(prompt, self.tokenizer, self.image_token_id)
             if not kwargs.get("add_special_tokens", True) and ids[:1] == [self.tokenizer.bos_token_id]:
                 ids = ids[1:]
+            image = self.image_token_id
             sequences.append(
-                [t for i in ids for t in ([i] * next(counts) if i == self.image_token_id else [i])]
+                [t for token in ids for t in ([token] * next(counts) if token == image else [token])]
             )
         data = dict(self.tokenizer.pad({"input_ids": sequences}, return_tensors="pt"))
         if pixels:
