@@ -148,6 +148,7 @@ def test_generate_cli(bench, tmp_path: Path, capsys) -> None:
     assert json.loads(out.read_text().splitlines()[0])["model_id"] == "model"
 
 
+@pytest.mark.slow
 def test_textvqa_script_without_ocr_tokens(bench, tmp_path: Path, subprocess_env) -> None:
     """scripts/eval/textvqa.sh MODEL without-ocr: writes lmms-eval's question file from LLaVA's, generates,
     merges and scores, reporting the convention it scored."""

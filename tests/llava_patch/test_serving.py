@@ -148,6 +148,7 @@ BLOCKED_LOAD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_export_remote_code_loads_without_radio_vlm(served, tmp_path: Path, subprocess_env) -> None:
     out = tmp_path / "exported"
     assert main(["export", str(served["run"]), str(out), "--remote-code"]) == 0
