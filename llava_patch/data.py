@@ -6,17 +6,17 @@ records without `image` are text-only.
 
 Bad samples never stop a run: a record with a missing or corrupt image, an `<image>` tag count that does
 not match its image, roles that do not alternate, an empty turn, a masking mismatch, or nothing left to
-train on after truncation is skipped (the next record stands in), and its id and reason are counted in a
-`BadSampleLog`. Once more than `max_bad_fraction` of the data set is bad, training stops with a summary
-of the reasons and example ids. Text-level problems are found when the file is read; image and
-tokenisation problems when the sample is loaded.
+train on after truncation is skipped (the next record stands in), and logged once, with its id and
+reason, in a `BadSampleLog`. Once more than `max_bad_fraction` of the data set's samples are bad,
+training stops with a summary of the reasons and the bad samples' ids. Text-level problems are found
+when the file is read; image and tokenisation problems when the sample is loaded.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,40 +49,62 @@ class BadSample(ValueError):
 
 
 class BadSampleLog:
-    """Counts skipped samples by reason (with example ids) and aborts past `max_fraction` of `total`.
+    """The samples skipped as bad, each logged once with its reason, and the abort past `max_fraction` of
+    `total` (the data set's size, bad samples included).
 
-    With several ranks each logs the samples it skipped; `other_ranks` holds how many the others skipped
-    at load time (summed every step by `LlavaTrainer`), so every rank aborts on the same global count.
+    A sample is its position in the data file (LLaVA's ids need not be unique): adding one that is already
+    logged does nothing, so a sample drawn again (a later epoch, another DataLoader worker, another rank,
+    or as the stand-in for another bad sample) still counts once. With several ranks `LlavaTrainer` merges
+    every rank's new entries into every rank's log at each step, so all ranks hold the same log and abort
+    at the same step.
     """
 
-    def __init__(self, total: int, max_fraction: float = 0.01, examples_per_reason: int = 5):
+    def __init__(self, total: int, max_fraction: float = 0.01, ids_per_reason: int = 20):
         self.total = total
         self.max_fraction = max_fraction
-        self.counts: Counter[str] = Counter()
-        self.examples: dict[str, list[str]] = defaultdict(list)
-        self.other_ranks = 0
-        self._examples_per_reason = examples_per_reason
+        self.samples: dict[
+            int, tuple[str, str, str]
+        ] = {}  # position in the data file -> (id, reason, detail)
+        self._ids_per_reason = ids_per_reason
 
-    def add(self, sample_id: str, reason: str, detail: str = "", check: bool = True) -> None:
-        self.counts[reason] += 1
-        if len(self.examples[reason]) < self._examples_per_reason:
-            self.examples[reason].append(str(sample_id))
-        logger.warning("skipping sample %s: %s%s", sample_id, reason, f" ({detail})" if detail else "")
+    def add(
+        self,
+        position: int,
+        sample_id: str,
+        reason: str,
+        detail: str = "",
+        check: bool = True,
+        warn: bool = True,
+    ) -> bool:
+        """Log the sample at `position` (False, and nothing logged, if it already is); abort if `check`."""
+        if position in self.samples:
+            return False
+        self.samples[position] = (str(sample_id), reason, detail)
+        if warn:
+            logger.warning("skipping sample %s: %s%s", sample_id, reason, f" ({detail})" if detail else "")
         if check:
             self.check()
+        return True
 
     @property
     def num_bad(self) -> int:
-        return sum(self.counts.values()) + self.other_ranks
+        return len(self.samples)
+
+    @property
+    def counts(self) -> Counter[str]:
+        """Bad samples per reason."""
+        return Counter(reason for _, reason, _ in self.samples.values())
+
+    def ids(self, reason: str) -> list[str]:
+        """The ids of the samples bad for `reason`, in data file order."""
+        return [self.samples[p][0] for p in sorted(self.samples) if self.samples[p][1] == reason]
 
     def summary(self) -> str:
         lines = [f"{self.num_bad} of {self.total} samples are bad:"]
-        lines += [
-            f"  {n} x {reason} (e.g. ids {', '.join(self.examples[reason])})"
-            for reason, n in self.counts.items()
-        ]
-        if self.other_ranks:
-            lines.append(f"  {self.other_ranks} skipped on other ranks (see their logs)")
+        for reason, n in self.counts.items():
+            ids = self.ids(reason)
+            more = f" and {n - self._ids_per_reason} more" if n > self._ids_per_reason else ""
+            lines.append(f"  {n} x {reason} (ids {', '.join(ids[: self._ids_per_reason])}{more})")
         return "\n".join(lines)
 
     def check(self) -> None:
@@ -91,6 +113,14 @@ class BadSampleLog:
                 f"{self.summary()}\nthat is more than --max-bad-fraction {self.max_fraction:g}: fix the data "
                 "(or the --template / tokenizer, for masking mismatches) or raise --max-bad-fraction"
             )
+
+    def write(self, path: str | Path) -> None:
+        """Every bad sample as JSON: [{"position", "id", "reason", "detail"}], in data file order."""
+        entries = [
+            {"position": position, "id": sample_id, "reason": reason, "detail": detail}
+            for position, (sample_id, reason, detail) in sorted(self.samples.items())
+        ]
+        Path(path).write_text(json.dumps({"total": self.total, "bad": entries}, indent=1))
 
 
 def load_records(path: str | Path) -> list[dict]:
@@ -144,8 +174,9 @@ class LazySupervisedDataset(Dataset):
     `dataset[i]` is a dict: input_ids (L,), labels (L,) int64 (image tokens already expanded and masked)
     and pixel_values (3, h, w) or None for a text-only sample. Records that are bad on reading are
     counted in `bad_samples` at construction; one that fails to load is replaced by the next good one and
-    listed in the sample's `skipped` (id, reason) pairs, which the consumer (`LlavaTrainer`) adds to
-    `bad_samples` (DataLoader workers hold copies of the data set, so they cannot count).
+    listed in the sample's `skipped` (position in the data file, id, reason, detail) entries, which the
+    consumer (`LlavaTrainer`) adds to `bad_samples` (DataLoader workers hold copies of the data set, so
+    they cannot count). A process skips the samples it already found bad without loading them again.
     """
 
     def __init__(
@@ -162,18 +193,20 @@ class LazySupervisedDataset(Dataset):
         self.template = template
         self.max_length = max_length or processor.tokenizer.model_max_length
         self.bad_samples = BadSampleLog(len(records), max_bad_fraction)
-        self.records = []
-        for index, record in enumerate(records):
+        self.records, self.positions = [], []  # the usable records and their positions in the data file
+        for position, record in enumerate(records):
             try:
                 check_record(record)
                 if template.style == "plain" and record.get("image") is None:
                     raise BadSample("text-only sample in pretraining", "the plain template needs an image")
             except BadSample as bad:
-                self.bad_samples.add(_record_id(record, index), bad.reason, str(bad))
+                self.bad_samples.add(position, _record_id(record, position), bad.reason, str(bad))
                 continue
             self.records.append(record)
+            self.positions.append(position)
         if not self.records:
             raise ValueError(f"no usable samples: {self.bad_samples.summary()}")
+        self._failed: set[int] = set()  # indices this process (or DataLoader worker) found bad at load
 
     def __len__(self) -> int:
         return len(self.records)
@@ -192,15 +225,19 @@ class LazySupervisedDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         skipped = []
         for attempt in range(len(self.records)):
-            record = self.records[(index + attempt) % len(self.records)]
+            i = (index + attempt) % len(self.records)
+            if i in self._failed:  # reported when this process first found it
+                continue
+            record, position = self.records[i], self.positions[i]
             try:
                 sample = self.load(record)
             except BadSample as bad:  # counted by the consumer: this may run in a DataLoader worker
-                skipped.append((str(record.get("id", "?")), bad.reason))
+                self._failed.add(i)
+                skipped.append((position, _record_id(record, position), bad.reason, str(bad)))
                 continue
             sample["skipped"] = skipped
             return sample
-        raise TooManyBadSamples(self.bad_samples.summary())
+        raise TooManyBadSamples(f"no sample of {len(self.records)} loads: {self.bad_samples.summary()}")
 
     def load(self, record: dict) -> dict:
         """Tokenise one checked record and process its image; raises BadSample."""
@@ -250,13 +287,22 @@ def _record_id(record, index: int) -> str:
 class LlavaCollator:
     """Right-pads a list of samples into a batch for `LlavaForConditionalGeneration`:
     input_ids / labels / attention_mask (B, L); pixel_values (N, 3, H, W) and image_sizes (N, 2) for the N
-    samples that have an image (omitted when none has); `skipped` (list of (id, reason)) is popped by the
-    trainer before the forward."""
+    samples that have an image; `skipped` (the samples' `skipped` entries) is popped by the trainer before
+    the forward.
+
+    A batch without images gets LLaVA's dummy image: one black patch whose single image token sits in an
+    extra padding column (attention mask 0, label ignored, after every real token), so the loss is that of
+    the text alone but the vision tower and projector still run. Every rank then uses the same parameters
+    at every step, which ZeRO-3 (it gathers each module's weights collectively) and DDP require.
+    """
 
     pad_token_id: int
+    image_token_id: int
+    patch_size: int
 
     def __call__(self, samples: list[dict]) -> dict:
-        length = max(len(s["input_ids"]) for s in samples)
+        images = [s["pixel_values"] for s in samples if s["pixel_values"] is not None]
+        length = max(len(s["input_ids"]) for s in samples) + (0 if images else 1)
         input_ids = torch.full((len(samples), length), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
@@ -265,11 +311,12 @@ class LlavaCollator:
             input_ids[row, :n] = sample["input_ids"]
             labels[row, :n] = sample["labels"]
             attention_mask[row, :n] = 1
+        if not images:
+            input_ids[0, -1] = self.image_token_id
+            images = [torch.zeros(3, self.patch_size, self.patch_size)]
         batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-        images = [s["pixel_values"] for s in samples if s["pixel_values"] is not None]
-        if images:
-            batch["pixel_values"], batch["image_sizes"] = pad_images(images)
-        batch["skipped"] = [pair for s in samples for pair in s.get("skipped", [])]
+        batch["pixel_values"], batch["image_sizes"] = pad_images(images)
+        batch["skipped"] = [entry for s in samples for entry in s.get("skipped", [])]
         return batch
 
 

@@ -181,11 +181,14 @@ def list_tiny_llms() -> list[str]:
     return sorted(TINY_LLMS)
 
 
-def load_llm(name_or_path: str, dtype: torch.dtype | None = None):
-    """(causal LM, tokenizer) from a registered tiny twin name or a local Hugging Face folder."""
+def load_llm(name_or_path: str, dtype: torch.dtype = torch.float32):
+    """(causal LM in `dtype`, tokenizer) from a registered tiny twin name or a local Hugging Face folder.
+
+    The dtype is always explicit: transformers would otherwise take the checkpoint's (Vicuna's config says
+    float16). Under DeepSpeed ZeRO-3 (a ZeRO-3 `TrainingArguments` alive) a folder loads partitioned."""
     if name_or_path in TINY_LLMS:
         model, tokenizer = TINY_LLMS[name_or_path]()
-        return (model.to(dtype) if dtype else model), tokenizer
+        return model.to(dtype), tokenizer
     if not Path(name_or_path).is_dir():
         raise FileNotFoundError(
             f"--llm {name_or_path!r} is neither a local folder nor a tiny twin ({list_tiny_llms()}); "

@@ -15,11 +15,15 @@ Both arguments of `build` take a local folder or a registered tiny twin (`radio_
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration, PreTrainedModel
+from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.modeling_utils import set_zero3_state
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from radio_vlm import (  # importing radio_vlm registers its Auto classes
@@ -39,13 +43,25 @@ PROJECTORS = (
 LONG_EDGE = 432
 
 
+def gathered(params: Iterable[torch.nn.Parameter], modifier_rank: int | None = None):
+    """Context in which parameters that DeepSpeed ZeRO-3 partitioned are whole on every rank (a no-op
+    without ZeRO-3). With `modifier_rank`, that rank's changes are broadcast to the others on exit."""
+    if not is_deepspeed_zero3_enabled():
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(params), modifier_rank=modifier_rank)
+
+
 def load_vision_tower(
     name_or_path: str | RadioLlavaVisionModel,
     feature_sources: list[str] | None = None,
     output_layernorm: bool = False,
     trainable: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> RadioLlavaVisionModel:
-    """A `RadioLlavaVisionModel` from a tiny twin name, a `RadioWithAdaptors` folder or a saved tower folder."""
+    """A `RadioLlavaVisionModel` in `dtype` from a tiny twin name, a `RadioWithAdaptors` folder or a saved
+    tower folder. Under DeepSpeed ZeRO-3 a folder loads partitioned across the ranks (`zero.Init`)."""
     if isinstance(name_or_path, RadioLlavaVisionModel):
         return name_or_path
     settings = {
@@ -54,7 +70,7 @@ def load_vision_tower(
         "trainable": trainable,
     }
     if name_or_path in list_tiny_models():
-        return RadioLlavaVisionModel.from_radio(build_tiny_radio(name_or_path), **settings)
+        return RadioLlavaVisionModel.from_radio(build_tiny_radio(name_or_path).to(dtype), **settings)
     config_file = Path(name_or_path) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(
@@ -62,8 +78,9 @@ def load_vision_tower(
             f"({list_tiny_models()}); convert an official RADIO checkpoint with `radio-vlm convert`"
         )
     if json.loads(config_file.read_text()).get("model_type") == RadioLlavaVisionModel.config_class.model_type:
-        return RadioLlavaVisionModel.from_pretrained(name_or_path)
-    return RadioLlavaVisionModel.from_radio(RadioWithAdaptors.from_pretrained(name_or_path), **settings)
+        return RadioLlavaVisionModel.from_pretrained(name_or_path, dtype=dtype)
+    radio = RadioWithAdaptors.from_pretrained(name_or_path, dtype=dtype)
+    return RadioLlavaVisionModel.from_radio(radio, **settings)
 
 
 def build_model(
@@ -94,7 +111,10 @@ def build_model(
         image_seq_length=(LONG_EDGE // tower.patch_size) ** 2,  # informational only
         tie_word_embeddings=getattr(llm.config, "tie_word_embeddings", False),
     )
-    with torch.device("meta"):  # placeholders only: the real tower and LLM modules are moved in below
+    # placeholders only: the real tower and LLM modules are moved in below. `set_zero3_state` tells
+    # transformers that ZeRO-3's zero.Init is handled here, so it does not partition (and initialise) the
+    # meta placeholders it builds for the sub-models
+    with torch.device("meta"), set_zero3_state():
         model = LlavaForConditionalGeneration(config)
     model.model.vision_tower = tower
     model.model.language_model = llm.model
@@ -108,11 +128,12 @@ def build_model(
 def _resize_embeddings(model: LlavaForConditionalGeneration, num_tokens: int) -> None:
     """Grow the vocabulary to `num_tokens`; new input and output rows = the mean of the old ones, as LLaVA's
     `smart_tokenizer_and_embedding_resize` (deterministic, so a LoRA base can be rebuilt exactly)."""
-    old = model.get_input_embeddings().weight.shape[0]
+    old = model.get_input_embeddings().num_embeddings
     model.resize_token_embeddings(num_tokens, mean_resizing=False)
     model.config.text_config.vocab_size = num_tokens
-    with torch.no_grad():
-        for weight in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+    weights = {model.get_input_embeddings().weight, model.get_output_embeddings().weight}  # once if tied
+    with torch.no_grad(), gathered(weights, modifier_rank=0):
+        for weight in weights:
             weight[old:] = weight[:old].mean(0, keepdim=True)
 
 
@@ -124,14 +145,14 @@ def build(
     output_layernorm: bool = False,
     trainable_vision_tower: bool = False,
     long_edge: int | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[LlavaForConditionalGeneration, RadioLlavaProcessor]:
     """A new RADIO-LLaVA model and its processor: images resized on the long edge to `long_edge` px
-    (default 432, the paper's setting, or the tower's max resolution if smaller); weights in `dtype`
-    (default: as stored)."""
-    tower = load_vision_tower(vision_tower, feature_sources, output_layernorm, trainable_vision_tower)
+    (default 432, the paper's setting, or the tower's max resolution if smaller); every weight in `dtype`,
+    whatever dtype the checkpoints were saved in. Under DeepSpeed ZeRO-3 (a `TrainingArguments` with a
+    ZeRO-3 config alive) the tower and LLM folders load partitioned across the ranks."""
+    tower = load_vision_tower(vision_tower, feature_sources, output_layernorm, trainable_vision_tower, dtype)
     llm_model, tokenizer = load_llm(llm, dtype)
-    tower = tower.to(dtype) if dtype is not None else tower
     model = build_model(tower, llm_model, projector, tokenizer=tokenizer)
     radio_config = tower.config.radio_config
     if long_edge is None:

@@ -56,11 +56,18 @@ class RadioLlavaVisionModel(PreTrainedModel):
 
     @classmethod
     def from_radio(cls, radio: RadioWithAdaptors, **config_kwargs) -> RadioLlavaVisionModel:
-        """Wrap a loaded `RadioWithAdaptors` (weights copied); `config_kwargs` are `RadioLlavaVisionConfig`
-        fields (feature_sources, output_layernorm, trainable)."""
-        model = cls(RadioLlavaVisionConfig(radio_config=radio.config.to_dict(), **config_kwargs))
-        model.radio.load_state_dict(radio.state_dict())
-        return model.to(next(radio.parameters()).dtype)
+        """Wrap a loaded `RadioWithAdaptors`; `config_kwargs` are `RadioLlavaVisionConfig` fields
+        (feature_sources, output_layernorm, trainable). `radio` is adopted, not copied: no second copy in
+        memory, and parameters that DeepSpeed ZeRO-3 partitioned while they loaded stay partitioned."""
+        config = RadioLlavaVisionConfig(radio_config=radio.config.to_dict(), **config_kwargs)
+        with torch.device("meta"):  # placeholders only: `radio` replaces the RADIO built here
+            model = cls(config)
+        model.radio = radio
+        if config.output_layernorm:
+            weight = next(radio.parameters())
+            model.layernorm = nn.LayerNorm(config.hidden_size, device=weight.device, dtype=weight.dtype)
+        model.requires_grad_(config.trainable)
+        return model.train()
 
     def _init_weights(self, module: nn.Module) -> None:
         if module is self.layernorm:

@@ -13,6 +13,7 @@ import torch
 from llava_patch.conversation import IGNORE_INDEX, get_template
 from llava_patch.data import (
     BadSample,
+    BadSampleLog,
     LazySupervisedDataset,
     LlavaCollator,
     ModalityLengthGroupedSampler,
@@ -54,6 +55,10 @@ GOOD = [
 ]
 
 
+def collator(processor) -> LlavaCollator:
+    return LlavaCollator(processor.tokenizer.pad_token_id, processor.image_token_id, processor.patch_size)
+
+
 def dataset(records, tiny, folder, template="vicuna_v1", **kwargs):
     return LazySupervisedDataset(
         records, folder, tiny[1], get_template(template), max_bad_fraction=1.0, **kwargs
@@ -81,7 +86,7 @@ def test_bad_records_found_when_read_are_counted_by_reason(tiny, folder):
         "roles do not alternate": 1,
         "empty turn": 1,
     }
-    assert "no-tag" in data.bad_samples.examples["no <image> where an image is given"]
+    assert data.bad_samples.ids("no <image> where an image is given") == ["no-tag", "two-tags"]
     plain = dataset(GOOD, tiny, folder, template="plain")
     assert plain.bad_samples.counts == {"text-only sample in pretraining": 1}
 
@@ -91,7 +96,10 @@ def test_bad_samples_at_load_are_replaced_and_reported(tiny, folder):
     tokenizer.legacy = True  # a tokenizer that contradicts LLaVA's masking arithmetic on later rounds
     records = [qa("missing.png", "missing"), qa("corrupt.png", "corrupt"), *GOOD]
     first = dataset(records, tiny, folder)[0]  # missing and corrupt are skipped: the next good one stands in
-    assert first["skipped"] == [("missing", "missing image"), ("corrupt", "corrupt image")]
+    assert [entry[:3] for entry in first["skipped"]] == [
+        (0, "missing", "missing image"),
+        (1, "corrupt", "corrupt image"),
+    ]
     assert first["pixel_values"].shape == (3, 48, 64)  # 40x64 padded to a multiple of 16
     # the image tokens start at 41 (system prompt + "USER: "); answers are supervised from ~67 on
     short = dataset(GOOD, tiny, folder, max_length=55)
@@ -106,7 +114,7 @@ def test_bad_samples_at_load_are_replaced_and_reported(tiny, folder):
     data = LazySupervisedDataset(
         [mismatch, GOOD[2]], folder, processor, get_template("vicuna_v1"), max_bad_fraction=1
     )
-    assert data[0]["skipped"] == [("mismatch", "masking mismatch")]
+    assert [entry[:3] for entry in data[0]["skipped"]] == [(0, "mismatch", "masking mismatch")]
 
 
 def test_abort_past_max_bad_fraction_with_summary(tiny, folder):
@@ -118,10 +126,74 @@ def test_abort_past_max_bad_fraction_with_summary(tiny, folder):
         LazySupervisedDataset(records, folder, tiny[1], get_template("vicuna_v1"), max_bad_fraction=0.05)
 
 
+def test_a_bad_sample_is_counted_once_however_often_it_is_drawn(tiny, folder):
+    records = [
+        GOOD[0],
+        qa("gone-1.png", "gone-1"),
+        qa("gone-2.png", "gone-2"),
+        GOOD[1],
+        qa("corrupt.png", "broken"),
+    ]
+    data = dataset(records, tiny, folder)
+    log = data.bad_samples
+    # gone-1 drawn: its stand-in gone-2 is bad too; both are reported, with their positions in the file
+    first = data[1]["skipped"]
+    assert [entry[:2] for entry in first] == [(1, "gone-1"), (2, "gone-2")]
+    assert data[2]["skipped"] == []  # this process reported gone-2 already: skipped without a reload
+    another_worker = dataset(records, tiny, folder)  # a DataLoader worker or another rank has its own copy
+    again = another_worker[2]["skipped"]
+    assert [entry[:2] for entry in again] == [(2, "gone-2")]
+    for _epoch in range(3):  # every sample drawn three times, some as stand-ins too
+        for entries in [first, again] + [data[i]["skipped"] for i in range(len(data))]:
+            for entry in entries:
+                log.add(*entry, check=False)
+    assert log.num_bad == 3 and log.counts == {"missing image": 2, "corrupt image": 1}
+    summary = log.summary()
+    assert summary.startswith("3 of 5 samples are bad") and "(ids gone-1, gone-2)" in summary, summary
+    assert summary.count("gone-2") == 1
+
+
+def test_bad_samples_are_counted_once_with_dataloader_workers(tiny, folder):
+    records = [
+        *GOOD,
+        qa("gone-1.png", "gone-1"),
+        qa("gone-2.png", "gone-2"),
+        *GOOD,
+        qa("corrupt.png", "broken"),
+    ]
+    data = dataset(records, tiny, folder)
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=2,
+        shuffle=True,
+        num_workers=2,
+        collate_fn=collator(tiny[1]),
+        generator=torch.Generator().manual_seed(0),
+    )
+    reported = 0
+    for _epoch in range(2):
+        for batch in loader:  # as LlavaTrainer: each batch's skipped samples into the one log
+            reported += len(batch["skipped"])
+            for entry in batch["skipped"]:
+                data.bad_samples.add(*entry, check=False)
+    assert reported > 3  # each worker, each epoch, finds them again ...
+    assert data.bad_samples.num_bad == 3  # ... and each counts once
+    assert sorted(e[0] for e in data.bad_samples.samples.values()) == ["broken", "gone-1", "gone-2"]
+
+
+def test_the_abort_counts_distinct_samples_and_lists_each_once():
+    log = BadSampleLog(total=10, max_fraction=0.1)
+    assert log.add(3, "x", "missing image") and not log.add(3, "x", "missing image")  # 1 of 10: not past 10%
+    with pytest.raises(
+        TooManyBadSamples, match=r"2 of 10 samples are bad:\n  2 x missing image \(ids x, y\)"
+    ):
+        log.add(5, "y", "missing image")
+
+
 def test_collated_mixed_batch_trains(tiny, folder):
     model, processor = tiny
     data = dataset(GOOD, tiny, folder)
-    batch = LlavaCollator(processor.tokenizer.pad_token_id)([data[i] for i in range(len(data))])
+    batch = collator(processor)([data[i] for i in range(len(data))])
     assert batch["pixel_values"].shape == (3, 3, 64, 64)  # three images, one text-only sample
     assert batch["image_sizes"].tolist() == [[48, 64], [64, 32], [64, 64]]
     image_tokens = (batch["input_ids"] == processor.image_token_id).sum(1).tolist()
@@ -132,6 +204,22 @@ def test_collated_mixed_batch_trains(tiny, folder):
     loss = model(**batch).loss
     loss.backward()
     assert torch.isfinite(loss) and model.model.multi_modal_projector.linear_1.weight.grad is not None
+    model.zero_grad()
+
+
+def test_a_text_only_batch_runs_the_tower_on_a_dummy_image_and_keeps_its_loss(tiny, folder):
+    model, processor = tiny
+    data = dataset([GOOD[2], qa(None, "text-2", question="name a shape", answer="a circle")], tiny, folder)
+    batch = collator(processor)([data[0], data[1]])
+    batch.pop("skipped")
+    assert batch["pixel_values"].shape == (1, 3, 16, 16) and batch["image_sizes"].tolist() == [[16, 16]]
+    assert (batch["input_ids"] == processor.image_token_id).sum() == 1  # in the extra, masked last column
+    assert batch["attention_mask"][:, -1].sum() == 0 and (batch["labels"][:, -1] == IGNORE_INDEX).all()
+    text_alone = {k: batch[k][:, :-1] for k in ("input_ids", "labels", "attention_mask")}
+    loss = model(**batch).loss
+    torch.testing.assert_close(loss, model(**text_alone).loss)
+    loss.backward()  # the projector took part (zero gradient): DDP / ZeRO-3 ranks stay in step
+    assert model.model.multi_modal_projector.linear_1.weight.grad is not None
     model.zero_grad()
 
 
