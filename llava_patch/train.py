@@ -293,7 +293,7 @@ def training_arguments(settings: dict):
     train.py does by parsing its TrainingArguments first. Keep the object alive while the model is built."""
     from transformers import TrainingArguments
 
-    return TrainingArguments(
+    args = TrainingArguments(
         output_dir=settings["output_dir"],
         **{key: settings[key] for key in _SAME_NAME_TRAINING_ARGS},
         per_device_train_batch_size=settings["per_device_batch_size"],
@@ -307,6 +307,14 @@ def training_arguments(settings: dict):
         remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(),
     )
+    if settings["deepspeed"]:
+        import deepspeed
+
+        # zero.Init takes the world size from deepspeed.comm, which accelerate sets up on GPUs only: on
+        # top of the process group that `args.device` initialises, as the engine would later
+        args.device  # noqa: B018
+        deepspeed.init_distributed(auto_mpi_discovery=False)
+    return args
 
 
 def run(args: argparse.Namespace) -> int:

@@ -221,6 +221,7 @@ def zero_runs(data, tmp_path_factory, subprocess_env, free_port) -> dict[int, Pa
     llm.save_pretrained(root / "llm")
     tokenizer.save_pretrained(root / "llm")
     build_tiny_radio("tiny-radio").save_pretrained(root / "tower")
+    save_projector(build("tiny-radio", "tiny-llama")[0].model.multi_modal_projector, root)
     (root / "data").mkdir()
     (root / "data" / "images").symlink_to(data / "images")
     (root / "data" / "pretrain.json").write_text((data / "pretrain.json").read_text())
@@ -233,7 +234,8 @@ def zero_runs(data, tmp_path_factory, subprocess_env, free_port) -> dict[int, Pa
     for ranks in (1, 2):
         command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}"]
         command += [f"--master_port={free_port()}", str(driver)]
-        command += [str(root / x) for x in ("data", "llm", "tower", f"ranks_{ranks}")]
+        command += [str(root / x) for x in ("data", "llm", "tower", "mm_projector.bin", f"ranks_{ranks}")]
+        (root / f"ranks_{ranks}").mkdir()
         log = (root / f"ranks_{ranks}.log").open("w")
         process = subprocess.Popen(command, env=subprocess_env, stdout=log, stderr=subprocess.STDOUT)
         launches[ranks] = (process, log)
@@ -264,7 +266,7 @@ def test_zero3_loads_partitioned_and_finetunes_the_llm(zero_runs, ranks):
         assert check["tower_not_partitioned"] == []
         assert check["llm_not_partitioned"] == ["model.language_model.embed_tokens.weight", "lm_head.weight"]
         assert check["llm_fraction_on_this_rank"] == pytest.approx(1 / ranks, abs=0.02)
-        # gathered, the weights are the files' (the projector: the ZeRO-2 pretraining's)
+        # gathered, the weights are the files' (LLM, tower, --pretrained-projector)
         assert (
             check["max_abs_diff_llm"] == check["max_abs_diff_tower"] == check["max_abs_diff_projector"] == 0
         )
@@ -286,7 +288,7 @@ def test_zero2_pretrain_checkpoints_the_projector_alone_and_resumes(zero_runs, r
     module = torch.load(engine_states, weights_only=True)["module"]
     assert not [k for k in module if "language_model" in k or "lm_head" in k]  # no frozen LLM weights
     assert sorted(k for k in module if "projector" in k) == [
-        f"model.multi_modal_projector.linear_{i}.{p}" for i in (1, 2) for p in ("weight", "bias")
+        f"model.multi_modal_projector.linear_{i}.{p}" for i in (1, 2) for p in ("bias", "weight")
     ]
     assert not list((out / "zero2").glob("*.safetensors"))  # the output too: mm_projector.bin, no LLM
     whole, resumed = (

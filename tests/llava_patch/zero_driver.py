@@ -1,15 +1,16 @@
 """Run under torchrun by test_train.py, one launch per world size (most of a launch is start-up):
 
-1. `zero2/`: a ZeRO-2 pretrain, 4 steps with checkpoints at 2 and 4; `zero2_resumed/`: the same run again,
+1. `load_check_rank<r>.json`, first, in a fresh process: the ZeRO-3 finetune model built as `radio-llava
+   train` builds it, what ZeRO-3 partitioned while it loaded, and whether the gathered weights equal the
+   files they came from (the LLM, the tower, and PROJECTOR as --pretrained-projector);
+2. `zero2/`: a ZeRO-2 pretrain, 4 steps with checkpoints at 2 and 4; `zero2_resumed/`: the same run again,
    resumed from a copy of the first one's checkpoint-2;
-2. `load_check_rank<r>.json`: the ZeRO-3 finetune model built as `radio-llava train` builds it, with what
-   ZeRO-3 partitioned while it loaded, and whether the gathered weights equal the files they came from;
-3. `zero3/`: that ZeRO-3 finetune, 4 steps from the ZeRO-2 projector.
+3. `zero3/`: a ZeRO-3 finetune, 4 steps from the ZeRO-2 projector.
 
 The LLM and the tower are folders (what users pass), so `from_pretrained` runs under `zero.Init`. The
 global batch is 4 on every world size (per-device 2: 2 accumulation steps on 1 rank, none on 2).
 
-    python -m torch.distributed.run --nproc_per_node=N zero_driver.py DATA LLM TOWER OUT
+    python -m torch.distributed.run --nproc_per_node=N zero_driver.py DATA LLM TOWER PROJECTOR OUT
 """
 
 from __future__ import annotations
@@ -87,27 +88,18 @@ def load_check(argv: list[str], llm: Path, tower: Path, projector_file: Path) ->
 
 
 if __name__ == "__main__":
-    data, llm, tower, out = (Path(arg) for arg in sys.argv[1:5])
+    data, llm, tower, projector, out = (Path(arg) for arg in sys.argv[1:6])
     zero2, zero3 = str(REPO / "scripts/zero2.json"), str(REPO / "scripts/zero3.json")
+    check_args = stage_args("finetune", data, llm, tower, out / "unused", "--deepspeed", zero3)
+    check = load_check([*check_args, "--pretrained-projector", str(projector)], llm, tower, projector)
+    rank = torch.distributed.get_rank()
+    (out / f"load_check_rank{rank}.json").write_text(json.dumps(check))
+
     pretrain = ["--deepspeed", zero2, "--save-steps", "2", "--save-total-limit", "2"]
     main(["train", *stage_args("pretrain", data, llm, tower, out / "zero2", *pretrain)])
-    rank = torch.distributed.get_rank()
     if rank == 0:
         shutil.copytree(out / "zero2" / "checkpoint-2", out / "zero2_resumed" / "checkpoint-2")
     torch.distributed.barrier()
     main(["train", *stage_args("pretrain", data, llm, tower, out / "zero2_resumed", *pretrain)])
-
-    finetune = stage_args(
-        "finetune",
-        data,
-        llm,
-        tower,
-        out / "zero3",
-        "--deepspeed",
-        zero3,
-        "--pretrained-projector",
-        str(out / "zero2"),
-    )
-    check = load_check(finetune, llm, tower, out / "zero2" / "mm_projector.bin")
-    (out / f"load_check_rank{rank}.json").write_text(json.dumps(check))
-    main(["train", *finetune])
+    finetune = ["--deepspeed", zero3, "--pretrained-projector", str(out / "zero2")]
+    main(["train", *stage_args("finetune", data, llm, tower, out / "zero3", *finetune)])
