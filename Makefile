@@ -37,6 +37,7 @@ bench: install
 	$(PY) bench/tower.py --json
 	$(PY) bench/llava_tokens.py --json
 	$(PY) bench/llava_generate.py --json
+	$(PY) bench/llava_memory.py --json
 	$(PY) bench/distill.py --json
 	$(PY) bench/data_scale.py --json
 	$(PY) bench/eradio.py --json
