@@ -290,19 +290,32 @@ class LlavaCollator:
     samples that have an image; `skipped` (the samples' `skipped` entries) is popped by the trainer before
     the forward.
 
-    A batch without images gets LLaVA's dummy image: one black patch whose single image token sits in an
-    extra padding column (attention mask 0, label ignored, after every real token), so the loss is that of
-    the text alone but the vision tower and projector still run. Every rank then uses the same parameters
-    at every step, which ZeRO-3 (it gathers each module's weights collectively) and DDP require.
+    A batch without images gets LLaVA's dummy image: a black image of the tower's smallest size (one
+    `min_resolution_step` square) whose image tokens sit in extra padding columns (attention mask 0,
+    labels ignored, after every real token), so the loss is that of the text alone but the vision tower
+    and projector still run. Every rank then uses the same parameters at every step, which ZeRO-3 (it
+    gathers each module's weights collectively) and DDP require.
     """
 
     pad_token_id: int
     image_token_id: int
     patch_size: int
+    min_resolution_step: int
+
+    @classmethod
+    def for_processor(cls, processor: RadioLlavaProcessor) -> LlavaCollator:
+        image_processor = processor.image_processor
+        return cls(
+            processor.tokenizer.pad_token_id,
+            processor.image_token_id,
+            image_processor.patch_size,
+            image_processor.min_resolution_step,
+        )
 
     def __call__(self, samples: list[dict]) -> dict:
         images = [s["pixel_values"] for s in samples if s["pixel_values"] is not None]
-        length = max(len(s["input_ids"]) for s in samples) + (0 if images else 1)
+        dummy_tokens = 0 if images else (self.min_resolution_step // self.patch_size) ** 2
+        length = max(len(s["input_ids"]) for s in samples) + dummy_tokens
         input_ids = torch.full((len(samples), length), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
@@ -312,8 +325,8 @@ class LlavaCollator:
             labels[row, :n] = sample["labels"]
             attention_mask[row, :n] = 1
         if not images:
-            input_ids[0, -1] = self.image_token_id
-            images = [torch.zeros(3, self.patch_size, self.patch_size)]
+            input_ids[0, length - dummy_tokens :] = self.image_token_id
+            images = [torch.zeros(3, self.min_resolution_step, self.min_resolution_step)]
         batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
         batch["pixel_values"], batch["image_sizes"] = pad_images(images)
         batch["skipped"] = [entry for s in samples for entry in s.get("skipped", [])]

@@ -349,9 +349,7 @@ def run(args: argparse.Namespace) -> int:
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=LlavaCollator(
-            processor.tokenizer.pad_token_id, processor.image_token_id, processor.patch_size
-        ),
+        data_collator=LlavaCollator.for_processor(processor),
         processing_class=processor,
         group_by_modality_length=settings["group_by_modality_length"],
         projector_lr=settings["projector_lr"] if settings["stage"] == "lora" else None,

@@ -55,10 +55,6 @@ GOOD = [
 ]
 
 
-def collator(processor) -> LlavaCollator:
-    return LlavaCollator(processor.tokenizer.pad_token_id, processor.image_token_id, processor.patch_size)
-
-
 def dataset(records, tiny, folder, template="vicuna_v1", **kwargs):
     return LazySupervisedDataset(
         records, folder, tiny[1], get_template(template), max_bad_fraction=1.0, **kwargs
@@ -167,7 +163,7 @@ def test_bad_samples_are_counted_once_with_dataloader_workers(tiny, folder):
         batch_size=2,
         shuffle=True,
         num_workers=2,
-        collate_fn=collator(tiny[1]),
+        collate_fn=LlavaCollator.for_processor(tiny[1]),
         generator=torch.Generator().manual_seed(0),
     )
     reported = 0
@@ -193,7 +189,7 @@ def test_the_abort_counts_distinct_samples_and_lists_each_once():
 def test_collated_mixed_batch_trains(tiny, folder):
     model, processor = tiny
     data = dataset(GOOD, tiny, folder)
-    batch = collator(processor)([data[i] for i in range(len(data))])
+    batch = LlavaCollator.for_processor(processor)([data[i] for i in range(len(data))])
     assert batch["pixel_values"].shape == (3, 3, 64, 64)  # three images, one text-only sample
     assert batch["image_sizes"].tolist() == [[48, 64], [64, 32], [64, 64]]
     image_tokens = (batch["input_ids"] == processor.image_token_id).sum(1).tolist()
@@ -207,15 +203,22 @@ def test_collated_mixed_batch_trains(tiny, folder):
     model.zero_grad()
 
 
-def test_a_text_only_batch_runs_the_tower_on_a_dummy_image_and_keeps_its_loss(tiny, folder):
+@pytest.mark.parametrize("step", [16, 32])  # the tower's min_resolution_step (E-RADIO: 32)
+def test_a_text_only_batch_runs_the_tower_on_a_dummy_image_and_keeps_its_loss(tiny, folder, step):
     model, processor = tiny
     data = dataset([GOOD[2], qa(None, "text-2", question="name a shape", answer="a circle")], tiny, folder)
-    batch = collator(processor)([data[0], data[1]])
+    collator = LlavaCollator(processor.tokenizer.pad_token_id, processor.image_token_id, 16, step)
+    batch = collator([data[0], data[1]])
     batch.pop("skipped")
-    assert batch["pixel_values"].shape == (1, 3, 16, 16) and batch["image_sizes"].tolist() == [[16, 16]]
-    assert (batch["input_ids"] == processor.image_token_id).sum() == 1  # in the extra, masked last column
-    assert batch["attention_mask"][:, -1].sum() == 0 and (batch["labels"][:, -1] == IGNORE_INDEX).all()
-    text_alone = {k: batch[k][:, :-1] for k in ("input_ids", "labels", "attention_mask")}
+    assert batch["pixel_values"].shape == (1, 3, step, step) and batch["image_sizes"].tolist() == [[step] * 2]
+    tokens = (step // 16) ** 2  # in extra, masked columns after every real token
+    assert (batch["input_ids"][0, -tokens:] == processor.image_token_id).all()
+    assert (batch["input_ids"] == processor.image_token_id).sum() == tokens
+    assert (
+        batch["attention_mask"][:, -tokens:].sum() == 0
+        and (batch["labels"][:, -tokens:] == IGNORE_INDEX).all()
+    )
+    text_alone = {k: batch[k][:, :-tokens] for k in ("input_ids", "labels", "attention_mask")}
     loss = model(**batch).loss
     torch.testing.assert_close(loss, model(**text_alone).loss)
     loss.backward()  # the projector took part (zero gradient): DDP / ZeRO-3 ranks stay in step
