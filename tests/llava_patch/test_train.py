@@ -376,7 +376,7 @@ def test_training_aborts_past_max_bad_fraction(data, tmp_path):
     assert len(bad) == len({e["position"] for e in bad}) > 0.1 * 82
 
 
-def test_two_bad_samples_of_63_count_twice_over_epochs_and_workers(data, tmp_path):
+def test_two_bad_samples_of_63_are_counted_once_over_epochs_and_workers(data, tmp_path):
     """The issue's case: 2 bad of 63 (3%), drawn in every epoch, by two DataLoader workers, the second also as
     the stand-in of the first; counted per read this aborted a run at --max-bad-fraction 0.1."""
     broken = broken_data(data, tmp_path / "data", [3, 4], size=63)
