@@ -138,7 +138,9 @@ def convert_projector(src: Path, out: Path, to_hf: bool) -> Path:
 
 def _nominal_tokens(image_processor, patch_size: int) -> int:
     """Image tokens of a square image at the processor's size (transformers' informational image_seq_length)."""
-    side = getattr(image_processor, "long_edge", None) or image_processor.crop_size["height"]
+    if isinstance(image_processor, RadioImageProcessor):  # with its token merge and cap
+        return image_processor.num_image_tokens(image_processor.long_edge, image_processor.long_edge)
+    side = image_processor.crop_size["height"]
     return (side // patch_size) ** 2
 
 
@@ -151,7 +153,12 @@ def _vision_from_llava(cfg: dict, state: dict, tower_name: str):
         weights = saved or tower.vision_tower.state_dict()
         spec = tower.spec  # the processor transformers-side code loads: RadioImageProcessor's own class
         sizes = {"resize_mode": spec.resize_mode, **({"long_edge": spec.long_edge} if spec.long_edge else {})}
-        processor = RadioImageProcessor.from_model_config(tower.config.radio_config, **sizes)
+        processor = RadioImageProcessor.from_model_config(
+            tower.config.radio_config,
+            token_merge=tower.config.token_merge,
+            max_image_tokens=spec.max_image_tokens,
+            **sizes,
+        )
         return tower.vision_tower.config, weights, -1, "full", processor
     if not Path(tower_name, "config.json").is_file():
         raise FileNotFoundError(
@@ -241,6 +248,10 @@ def _tower_to_llava(model, out: Path, original: dict, src: Path) -> dict:
             parts.append(f"resize_mode={sizes['resize_mode']}")
         if config.vision_config.output_layernorm:
             parts.append("layernorm=true")
+        if config.vision_config.token_merge != "none":  # the tower-name spelling: unshuffle2
+            parts.append(f"merge={config.vision_config.token_merge.replace(':', '')}")
+        if sizes.get("max_image_tokens") is not None:
+            parts.append(f"max_tokens={sizes['max_image_tokens']}")
         # the name's feature= decides; mm_vision_select_layer (restored or -1) no longer matters
         return {
             "mm_vision_tower": f"{RADIO_PREFIX}{folder}:{','.join(parts)}",

@@ -215,7 +215,7 @@ class LazySupervisedDataset(Dataset):
     def modality_lengths(self) -> list[int]:
         """LLaVA's grouping lengths: words (+ the nominal image tokens), negative for text-only samples."""
         p = self.processor.image_processor
-        image_tokens = (p.long_edge // p.patch_size) ** 2
+        image_tokens = p.num_image_tokens(p.long_edge, p.long_edge)
         lengths = []
         for record in self.records:
             words = sum(len(turn["value"].split()) for turn in record["conversations"])
@@ -291,30 +291,31 @@ class LlavaCollator:
     the forward.
 
     A batch without images gets LLaVA's dummy image: a black image of the tower's smallest size (one
-    `min_resolution_step` square) whose image tokens sit in extra padding columns (attention mask 0,
-    labels ignored, after every real token), so the loss is that of the text alone but the vision tower
-    and projector still run. Every rank then uses the same parameters at every step, which ZeRO-3 (it
-    gathers each module's weights collectively) and DDP require.
+    `size_step` square: the resolution step, a whole merged token with a token merge) whose image tokens
+    sit in extra padding columns (attention mask 0, labels ignored, after every real token), so the loss
+    is that of the text alone but the vision tower and projector still run. Every rank then uses the same
+    parameters at every step, which ZeRO-3 (it gathers each module's weights collectively) and DDP require.
     """
 
     pad_token_id: int
     image_token_id: int
-    patch_size: int
-    min_resolution_step: int
+    dummy_side: int  # px, the dummy image's height and width
+    dummy_tokens: int  # the image tokens the tower gives for it
 
     @classmethod
     def for_processor(cls, processor: RadioLlavaProcessor) -> LlavaCollator:
         image_processor = processor.image_processor
+        side = image_processor.size_step
         return cls(
             processor.tokenizer.pad_token_id,
             processor.image_token_id,
-            image_processor.patch_size,
-            image_processor.min_resolution_step,
+            side,
+            image_processor.num_padded_image_tokens(side, side),
         )
 
     def __call__(self, samples: list[dict]) -> dict:
         images = [s["pixel_values"] for s in samples if s["pixel_values"] is not None]
-        dummy_tokens = 0 if images else (self.min_resolution_step // self.patch_size) ** 2
+        dummy_tokens = 0 if images else self.dummy_tokens
         length = max(len(s["input_ids"]) for s in samples) + dummy_tokens
         input_ids = torch.full((len(samples), length), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long)
@@ -326,7 +327,7 @@ class LlavaCollator:
             attention_mask[row, :n] = 1
         if not images:
             input_ids[0, length - dummy_tokens :] = self.image_token_id
-            images = [torch.zeros(3, self.min_resolution_step, self.min_resolution_step)]
+            images = [torch.zeros(3, self.dummy_side, self.dummy_side)]
         batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
         batch["pixel_values"], batch["image_sizes"] = pad_images(images)
         batch["skipped"] = [entry for s in samples for entry in s.get("skipped", [])]

@@ -5,6 +5,7 @@
     model, processor = build("tiny-radio", "tiny-llama")            # or local folders
     model.save_pretrained(out); processor.save_pretrained(out)      # what `radio-llava train` writes
     model, processor = load_pretrained(out)                         # any saved run or checkpoint folder
+    set_token_budget(model, processor, max_image_tokens=256)        # evaluate at another token budget
     inputs = processor(images=[image], text="USER: <image>\\nWhat is it? ASSISTANT:")
     ids = model.generate(**inputs, max_new_tokens=16)
 
@@ -27,6 +28,7 @@ from transformers.modeling_utils import set_zero3_state
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from radio_vlm import (  # importing radio_vlm registers its Auto classes
+    RadioLlavaVisionConfig,
     RadioLlavaVisionModel,
     RadioWithAdaptors,
 )
@@ -59,15 +61,18 @@ def load_vision_tower(
     output_layernorm: bool = False,
     trainable: bool = False,
     dtype: torch.dtype = torch.float32,
+    token_merge: str | None = None,
 ) -> RadioLlavaVisionModel:
     """A `RadioLlavaVisionModel` in `dtype` from a tiny twin name, a `RadioWithAdaptors` folder or a saved
-    tower folder. Under DeepSpeed ZeRO-3 a folder loads partitioned across the ranks (`zero.Init`)."""
+    tower folder (whose own settings apply, except a `token_merge` given here: "none" | "unshuffle:s" |
+    "pool:s"). Under DeepSpeed ZeRO-3 a folder loads partitioned across the ranks (`zero.Init`)."""
     if isinstance(name_or_path, RadioLlavaVisionModel):
         return name_or_path
     settings = {
         "feature_sources": feature_sources,
         "output_layernorm": output_layernorm,
         "trainable": trainable,
+        "token_merge": token_merge or "none",
     }
     if name_or_path in list_tiny_models():
         return RadioLlavaVisionModel.from_radio(build_tiny_radio(name_or_path).to(dtype), **settings)
@@ -77,8 +82,11 @@ def load_vision_tower(
             f"--vision-tower {name_or_path!r} is neither a folder with config.json nor a tiny twin "
             f"({list_tiny_models()}); convert an official RADIO checkpoint with `radio-vlm convert`"
         )
-    if json.loads(config_file.read_text()).get("model_type") == RadioLlavaVisionModel.config_class.model_type:
-        return RadioLlavaVisionModel.from_pretrained(name_or_path, dtype=dtype)
+    if json.loads(config_file.read_text()).get("model_type") == RadioLlavaVisionConfig.model_type:
+        config = RadioLlavaVisionConfig.from_pretrained(name_or_path)
+        if token_merge is not None:
+            config = with_token_merge(config, token_merge)
+        return RadioLlavaVisionModel.from_pretrained(name_or_path, config=config, dtype=dtype)
     radio = RadioWithAdaptors.from_pretrained(name_or_path, dtype=dtype)
     return RadioLlavaVisionModel.from_radio(radio, **settings)
 
@@ -146,19 +154,69 @@ def build(
     trainable_vision_tower: bool = False,
     long_edge: int | None = None,
     dtype: torch.dtype = torch.float32,
+    token_merge: str | None = None,
+    max_image_tokens: int | None = None,
 ) -> tuple[LlavaForConditionalGeneration, RadioLlavaProcessor]:
     """A new RADIO-LLaVA model and its processor: images resized on the long edge to `long_edge` px
     (default 432, the paper's setting, or the tower's max resolution if smaller); every weight in `dtype`,
     whatever dtype the checkpoints were saved in. Under DeepSpeed ZeRO-3 (a `TrainingArguments` with a
-    ZeRO-3 config alive) the tower and LLM folders load partitioned across the ranks."""
-    tower = load_vision_tower(vision_tower, feature_sources, output_layernorm, trainable_vision_tower, dtype)
+    ZeRO-3 config alive) the tower and LLM folders load partitioned across the ranks. Token budget:
+    `token_merge` ("none" | "unshuffle:s" | "pool:s", merged in the tower; the projector's input width
+    follows) and `max_image_tokens` (a per-image cap applied by the processor); both are saved with the
+    model (vision config, the processor's image processor)."""
+    tower = load_vision_tower(
+        vision_tower,
+        feature_sources,
+        output_layernorm,
+        trainable_vision_tower,
+        dtype=dtype,
+        token_merge=token_merge,
+    )
     llm_model, tokenizer = load_llm(llm, dtype)
     model = build_model(tower, llm_model, projector, tokenizer=tokenizer)
     radio_config = tower.config.radio_config
     if long_edge is None:
         long_edge = min(LONG_EDGE, radio_config.max_resolution or LONG_EDGE)
-    image_processor = RadioImageProcessor.from_model_config(radio_config, long_edge=long_edge)
+    image_processor = RadioImageProcessor.from_model_config(
+        radio_config,
+        long_edge=long_edge,
+        token_merge=tower.config.token_merge,
+        max_image_tokens=max_image_tokens,
+    )
     return model, make_processor(tokenizer, image_processor)
+
+
+def with_token_merge(config: RadioLlavaVisionConfig, token_merge: str) -> RadioLlavaVisionConfig:
+    """A copy of `config` with another token merge (`hidden_size` derived anew)."""
+    return RadioLlavaVisionConfig(**{**config.to_dict(), "token_merge": token_merge})
+
+
+def set_token_budget(
+    model: LlavaForConditionalGeneration,
+    processor: RadioLlavaProcessor,
+    token_merge: str | None = None,
+    max_image_tokens: int | None = None,
+) -> None:
+    """Run a trained model at another token budget (None keeps what it was saved with): a merge whose
+    output width fits the trained projector ("none" <-> "pool:s", or unshuffle with the same s), and/or
+    another per-image cap. Raises ValueError naming the setting when the projector cannot take it."""
+    tower = model.model.vision_tower
+    settings = processor.image_processor.to_dict()
+    if token_merge is not None:
+        config = with_token_merge(tower.config, token_merge)
+        width = model.model.multi_modal_projector.linear_1.in_features
+        if config.hidden_size != width:
+            raise ValueError(
+                f"token_merge={token_merge!r} gives {config.hidden_size}-wide image tokens but this model's "
+                f"projector takes {width} (the tower has token_merge={tower.config.token_merge!r}): "
+                "pass a merge of the same width (none and pool:s keep the width, unshuffle:s multiplies it "
+                "by s^2)"
+            )
+        tower.config = model.config.vision_config = config
+        settings["token_merge"] = token_merge
+    if max_image_tokens is not None:
+        settings["max_image_tokens"] = max_image_tokens
+    processor.image_processor = type(processor.image_processor).from_dict(settings)
 
 
 def load_pretrained(

@@ -68,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--output-layernorm", action="store_true", help="LayerNorm on the vision features")
     a("--unfreeze-vision-tower", action="store_true", help="train the RADIO tower too (finetune/lora)")
     a("--long-edge", type=int, default=None, help="image long edge in px (default 432, capped by the tower)")
+    a(
+        "--token-merge",
+        default="none",
+        help="merge of the patch grid before the projector: none | unshuffle:<s> | pool:<s>",
+    )
+    a("--max-image-tokens", type=int, default=None, help="at most N image tokens per image (lower long edge)")
     a("--max-steps", type=int, default=-1, help="stop after N optimizer steps (default: one epoch)")
     a("--num-train-epochs", type=float, default=1.0)
     a("--learning-rate", type=float, default=None)
@@ -162,6 +168,8 @@ def build_for_stage(settings: dict):
         trainable_vision_tower=settings["unfreeze_vision_tower"],
         long_edge=settings["long_edge"],
         dtype=weights_dtype(settings),
+        token_merge=settings.get("token_merge", "none"),  # .get: run configs from before these settings
+        max_image_tokens=settings.get("max_image_tokens"),
     )
     # Before the engine partitions anything (ZeRO-3 + a projector load = LLaVA #736).
     if settings["pretrained_projector"]:

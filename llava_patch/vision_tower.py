@@ -16,8 +16,13 @@ name (`radio_vlm.tiny.list_tiny_models()`), and the keys are
     feature=<sources>     "+"-joined feature sources: backbone | layer:<i> | adaptor:<name>
     adaptor=<name>        shorthand for feature=adaptor:<name> (the RADIO maintainers' tower option)
     layernorm=true        a LayerNorm on the output features
+    merge=<merge>         token merge before the projector: none | unshuffle2 | pool2 (any s >= 2; also
+                          written unshuffle:2), see radio_vlm/models/token_merge.py
+    max_tokens=<N>        at most N image tokens per image (the processor lowers the long edge to fit)
 
-e.g. `radio:/ckpt/radio-v2.5-b:long_edge=432` or `radio:tiny-radio:feature=backbone+adaptor:clip`.
+e.g. `radio:/ckpt/radio-v2.5-b:long_edge=432`, `radio:tiny-radio:feature=backbone+adaptor:clip` or
+`radio:/ckpt/radio-v2.5-h:long_edge=768,merge=unshuffle2` (LLaVA sizes its projector by `hidden_size`,
+which a pixel-unshuffle multiplies by s^2).
 Without `feature`/`adaptor`, LLaVA's `mm_vision_select_layer` chooses: -1 is the backbone's final
 features (the AM-RADIO paper's LLaVA setting), any other i is `layer:<i>` (LLaVA-1.5's scripts pass -2).
 The whole name is saved in LLaVA's config, so a checkpoint rebuilds the same tower.
@@ -37,11 +42,13 @@ from radio_vlm.models.configuration_radio_llava import RadioLlavaVisionConfig, p
 from radio_vlm.models.image_processing_radio import RadioImageProcessor
 from radio_vlm.models.modeling_radio_llava import RadioLlavaVisionModel
 from radio_vlm.models.modeling_radio_with_adaptors import RadioWithAdaptors
+from radio_vlm.models.token_merge import parse_token_merge
 from radio_vlm.tiny import build_tiny_radio, list_tiny_models, tiny_radio_config
 
 RADIO_PREFIX = "radio:"
 _NAME = re.compile(r"^radio:(?P<source>.+?)(?::(?P<options>[a-z_]+=.*))?$")
-_OPTIONS = ("long_edge", "resize_mode", "feature", "adaptor", "layernorm")
+_OPTIONS = ("long_edge", "resize_mode", "feature", "adaptor", "layernorm", "merge", "max_tokens")
+_MERGE_SHORT = re.compile(r"^(?P<kind>[a-z]+)(?P<factor>\d+)$")  # the tower-name spelling "unshuffle2"
 
 
 @dataclass
@@ -53,6 +60,8 @@ class RadioTowerSpec:
     resize_mode: str = "long_edge"
     feature_sources: list[str] = field(default_factory=list)  # empty: from mm_vision_select_layer
     layernorm: bool = False
+    token_merge: str = "none"  # RadioLlavaVisionConfig.token_merge spelling ("unshuffle:2")
+    max_image_tokens: int | None = None
 
 
 def parse_radio_tower_name(name: str) -> RadioTowerSpec:
@@ -75,6 +84,20 @@ def parse_radio_tower_name(name: str) -> RadioTowerSpec:
             spec.resize_mode = value
         elif key == "layernorm":
             spec.layernorm = value.lower() in ("1", "true", "yes")
+        elif key == "merge":
+            short = _MERGE_SHORT.match(value)
+            spec.token_merge = f"{short['kind']}:{short['factor']}" if short else value
+            try:
+                parse_token_merge(spec.token_merge)
+            except ValueError as err:
+                raise ValueError(
+                    f"vision tower {name!r}: merge={value!r}: {err} (or unshuffle2, pool2)"
+                ) from None
+        elif key == "max_tokens":
+            try:  # the range is checked by the image processor, which knows the smallest image's cost
+                spec.max_image_tokens = int(value)
+            except ValueError:
+                raise ValueError(f"vision tower {name!r}: max_tokens={value!r} is not an integer") from None
         else:
             sources = value.split("+") if key == "feature" else [f"adaptor:{value}"]
             if spec.feature_sources:
@@ -97,7 +120,7 @@ class RadioLlavaImageProcessor(RadioImageProcessor):
         kwargs.setdefault("pack", False)
         super().__init__(**kwargs)
         self.image_mean = list(self.pad_value)
-        side = -(-self.long_edge // self.min_resolution_step) * self.min_resolution_step
+        side = -(-self.long_edge // self.size_step) * self.size_step
         self.crop_size = {"height": side, "width": side}
         self.size = {"shortest_edge": side}
 
@@ -121,9 +144,16 @@ class RadioVisionTower(nn.Module):
         # a RadioLlavaVisionModel folder loads as one (its weights, a trained output LayerNorm included)
         self._source_is_vision_model = isinstance(source_config, RadioLlavaVisionConfig)
         self.cfg_only = self._vision_config(source_config)
-        self.image_processor = RadioLlavaImageProcessor.from_model_config(
-            self.cfg_only.radio_config, resize_mode=self.spec.resize_mode, **self._long_edge()
-        )
+        try:
+            self.image_processor = RadioLlavaImageProcessor.from_model_config(
+                self.cfg_only.radio_config,
+                resize_mode=self.spec.resize_mode,
+                token_merge=self.cfg_only.token_merge,
+                max_image_tokens=self.spec.max_image_tokens,
+                **self._long_edge(),
+            )
+        except ValueError as err:
+            raise ValueError(f"vision tower {vision_tower!r}: {err}") from None
         if not delay_load or getattr(args, "unfreeze_mm_vision_tower", False):
             self.load_model()
 
@@ -151,18 +181,26 @@ class RadioVisionTower(nn.Module):
     def _vision_config(self, config) -> RadioLlavaVisionConfig:
         """The tower's vision-model config from the source's (a RADIO or a RadioLlavaVisionModel config)."""
         radio_config = config.radio_config if isinstance(config, RadioLlavaVisionConfig) else config
-        return RadioLlavaVisionConfig(
-            radio_config=radio_config.to_dict(),
-            feature_sources=self._feature_sources(),
-            output_layernorm=self.spec.layernorm or getattr(config, "output_layernorm", False),
-        )
+        try:
+            return RadioLlavaVisionConfig(
+                radio_config=radio_config.to_dict(),
+                feature_sources=self._feature_sources(),
+                output_layernorm=self.spec.layernorm or getattr(config, "output_layernorm", False),
+                token_merge=self.spec.token_merge,
+            )
+        except ValueError as err:
+            raise ValueError(f"vision tower {self.vision_tower_name!r}: {err}") from None
 
     def load_model(self, device_map=None) -> None:
         """Build the RADIO model with its weights (idempotent); frozen, like LLaVA's CLIP tower."""
         if self.is_loaded:
             return
         source, config = self.spec.source, self.cfg_only
-        settings = {"feature_sources": config.feature_sources, "output_layernorm": config.output_layernorm}
+        settings = {
+            "feature_sources": config.feature_sources,
+            "output_layernorm": config.output_layernorm,
+            "token_merge": config.token_merge,
+        }
         if source in list_tiny_models():
             self.vision_tower = RadioLlavaVisionModel.from_radio(build_tiny_radio(source), **settings)
         elif self._source_is_vision_model:
@@ -175,9 +213,10 @@ class RadioVisionTower(nn.Module):
         self.is_loaded = True
 
     def forward(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        """(B, 3, H, W) in [0, 1] -> (B, H*W/p^2, hidden_size); a list of (3, H_i, W_i) (or (1, 3, H_i, W_i))
-        -> a list of (H_i*W_i/p^2, hidden_size), run as one packed batch. Sides must be multiples of the
-        patch size p (RadioLlavaImageProcessor guarantees it). Outputs take the input dtype."""
+        """(B, 3, H, W) in [0, 1] -> (B, T, hidden_size); a list of (3, H_i, W_i) (or (1, 3, H_i, W_i))
+        -> a list of (T_i, hidden_size), run as one packed batch; T = `config.num_image_tokens(H, W)`
+        (H*W/p^2, or fewer with a token merge). Sides must be multiples of the patch size p
+        (RadioLlavaImageProcessor guarantees it). Outputs take the input dtype."""
         trainable = any(p.requires_grad for p in self.vision_tower.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
             if torch.is_tensor(images):
@@ -191,7 +230,7 @@ class RadioVisionTower(nn.Module):
             for row, image in zip(batch, images):
                 row[:, : image.shape[1], : image.shape[2]] = image
             out = self.vision_tower(batch.to(device=self.device, dtype=self.dtype), image_sizes=sizes)
-            counts = [(h // self.patch_size) * (w // self.patch_size) for h, w in sizes]
+            counts = [self.config.num_image_tokens(h, w) for h, w in sizes]
             return list(out.last_hidden_state[0].to(images[0].dtype).split(counts))
 
     def _check_sizes(self, sizes) -> None:
@@ -228,8 +267,8 @@ class RadioVisionTower(nn.Module):
 
     @property
     def num_patches_per_side(self) -> int:
-        """Patches along a side of the nominal square image (`image_processor.crop_size`)."""
-        return self.image_processor.crop_size["height"] // self.patch_size
+        """Image tokens along a side of the nominal square image (`image_processor.crop_size`)."""
+        return self.image_processor.crop_size["height"] // (self.patch_size * self.config.merge_factor)
 
     @property
     def num_patches(self) -> int:

@@ -196,10 +196,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--conv-mode", default=CONV_MODE)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], help="default: float16 on GPU")
+    parser.add_argument(
+        "--token-merge",
+        default=None,
+        help="default: the model's (saved by training); none | unshuffle:<s> | pool:<s>",
+    )
+    parser.add_argument(
+        "--max-image-tokens", type=int, default=None, help="default: the model's per-image cap"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from llava_patch.model import load_pretrained  # heavy: only when the command runs
+    from llava_patch.model import load_pretrained, set_token_budget  # heavy: only when the command runs
 
     if args.batch_size < 1:
         raise SystemExit("error: --batch-size must be at least 1")
@@ -210,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {e}") from None
     dtype = getattr(torch, args.dtype or ("float16" if args.device.startswith("cuda") else "float32"))
     model, processor = load_pretrained(args.model, dtype=dtype)
+    set_token_budget(model, processor, args.token_merge, args.max_image_tokens)
     model.to(args.device).eval()
     try:
         count = generate_answers(

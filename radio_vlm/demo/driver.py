@@ -17,6 +17,12 @@ DIR/logs/<stage>.log):
 5. `radio-llava generate` on the four question files (concatenated: one model load) and
    `radio-llava score` on each benchmark, for both sides;
 6. one table on the console; DIR/results.json, DIR/results.md and DIR/results.png (see `demo_report`).
+
+`radio-vlm demo --variant token-budget` (not part of `make demo`) runs stages 1, 2, 4 and 5 with the sides
+of the config's `token_budget` section instead of image / blind: the same LLaVA at about the same image
+tokens per image, once at long edge 96 px without a merge and once at 192 px with a 2x2 pixel-unshuffle
+(`--token-merge unshuffle:2`), and prints their scores side by side (does resolution at a fixed token
+budget pay off?).
 """
 
 from __future__ import annotations
@@ -25,12 +31,20 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from .data import make_demo_data
-from .report import BENCHMARKS, benchmark_score, student_check, write_results
+from .report import (
+    BENCHMARKS,
+    benchmark_score,
+    mean_image_tokens,
+    student_check,
+    write_results,
+    write_side_by_side,
+)
 from .stages import Stage, blank_images, run_stages
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo" / "demo.yaml"
@@ -117,92 +131,119 @@ def score_argv(benchmark: str, answers: Path, eval_dir: Path, out: Path) -> list
     return argv
 
 
+@dataclass(frozen=True)
+class Side:
+    """One LLaVA of the demo: the data root it trains and is evaluated on, and its own `radio-llava train`
+    flags (image size, token budget)."""
+
+    data: Path
+    flags: tuple[str, ...]
+
+
+def _data_and_student(out: Path, config: dict, timings: dict, timed) -> tuple[Path, Path, Path]:
+    """Stages 1-2: the synthetic benchmark in DIR/data, the distilled student exported to DIR/student.
+    Returns (data root, distillation run, student folder)."""
+    t0 = time.perf_counter()
+    print(f"[data] writing the synthetic benchmark to {out / 'data'}", flush=True)
+    data = make_demo_data(out / "data", **config["data"])
+    timings["data"] = time.perf_counter() - t0
+    run_dir, student_dir = out / "distill", out / "student"
+    distill_argv = ["-m", "distill", "train", "--config", config["distill"]["config"]]
+    distill_argv += ["--output-dir", str(run_dir), "--set", f"data.path={data / 'train' / 'images'}"]
+    for override in config["distill"].get("set") or []:
+        distill_argv += ["--set", override]
+    timed("distill", [Stage("distill", distill_argv, out / "logs" / "distill.log")])
+    export = ["-m", "distill", "export", str(run_dir), str(student_dir)]
+    timed("export", [Stage("export", export, out / "logs" / "export.log")])
+    return data, run_dir, student_dir
+
+
+def _llava_sides(out: Path, config: dict, student_dir: Path, sides: dict[str, Side], timed) -> dict:
+    """Stages 4-5 for every side at the same time: pretrain, fine-tune, answer the four benchmarks, score.
+    Returns {(side, benchmark): score file}; each side's runs are in DIR/llava/<side>."""
+    logs, llava = out / "logs", config["llava"]
+    train = ["-m", "llava_patch.cli", "train", "--llm", str(llava["llm"]), *flags(llava.get("common") or {})]
+    runs = {side: out / "llava" / side for side in sides}
+
+    def llava_stage(stage: str, side: str, *extra: str) -> Stage:
+        """One `radio-llava train --stage <stage>` run of one side, on that side's (possibly blank) images."""
+        root = sides[side].data
+        argv = [*train, *sides[side].flags, "--stage", stage, "--vision-tower", str(student_dir), *extra,
+                "--data", str(root / "train" / f"{stage}.json"),
+                "--image-folder", str(root / "train" / "images"),
+                "--output-dir", str(runs[side] / stage), *flags(llava[stage])]  # fmt: skip
+        return Stage(f"{stage}/{side}", argv, logs / f"{stage}_{side}.log")
+
+    timed("pretrain", [llava_stage("pretrain", side) for side in sides])
+    projector = {side: ("--pretrained-projector", str(runs[side] / "pretrain")) for side in sides}
+    timed("finetune", [llava_stage("finetune", side, *projector[side]) for side in sides])
+
+    # answer the four benchmarks' questions (one file: one model load per side) and score them
+    owner = combined_questions(out / "data" / "eval", out / "llava" / "questions.jsonl")
+    generate = [
+        Stage(f"generate/{side}", ["-m", "llava_patch.cli", "generate", "--model", str(runs[side] / "finetune"),
+              "--question-file", str(out / "llava" / "questions.jsonl"),
+              "--image-folder", str(sides[side].data / "eval"),
+              "--answers-file", str(runs[side] / "answers.jsonl"), *flags(llava.get("generate") or {})],
+              logs / f"generate_{side}.log")
+        for side in sides
+    ]  # fmt: skip
+    for side in sides:  # a rerun answers everything again
+        (runs[side] / "answers.jsonl").unlink(missing_ok=True)
+    timed("generate", generate)
+    scoring, score_files = [], {}
+    for side in sides:
+        answers = split_answers(runs[side] / "answers.jsonl", owner, runs[side])
+        for benchmark in BENCHMARKS:
+            score_files[side, benchmark] = runs[side] / "scores" / f"{benchmark}.json"
+            argv = score_argv(
+                benchmark, answers[benchmark], out / "data" / "eval", score_files[side, benchmark]
+            )
+            scoring.append(Stage(f"score/{side}/{benchmark}", argv, logs / f"score_{side}_{benchmark}.log"))
+    timed("score", scoring, threads_each=1)
+    return score_files
+
+
+def _score(score_files: dict, side: str, benchmark: str) -> float:
+    return benchmark_score(benchmark, json.loads(score_files[side, benchmark].read_text()))
+
+
 def run_demo(out_dir: str | Path, config_path: str | Path = DEFAULT_CONFIG) -> dict:
     """Run the whole demo into `out_dir`; returns the results dict written to results.json."""
     start = time.perf_counter()
     out = Path(out_dir).resolve()
     config = load_demo_config(config_path)
-    logs, llava = out / "logs", config["llava"]
+    llava = config["llava"]
     timings: dict[str, float] = {}
 
     def timed(name: str, stages: list[Stage], threads_each: int | None = None) -> None:
         run_stages(stages, threads_each)
         timings[name] = max(stage.seconds for stage in stages)
 
-    # ---- 1. the synthetic benchmark (and its blanked twin for the blind baseline)
+    # ---- 1-2. the synthetic benchmark (and its blanked twin for the blind baseline), the student
+    data, run_dir, student_dir = _data_and_student(out, config, timings, timed)
     t0 = time.perf_counter()
-    print(f"[data] writing the synthetic benchmark to {out / 'data'}", flush=True)
-    data = make_demo_data(out / "data", **config["data"])
-    roots = {"image": data, "blind": out / "blind_data"}
-    blanked = blank_images(data, roots["blind"])
+    blanked = blank_images(data, out / "blind_data")
     for name in ("pretrain.json", "finetune.json"):
-        (roots["blind"] / "train" / name).write_bytes((data / "train" / name).read_bytes())
-    timings["data"] = time.perf_counter() - t0
-    print(
-        f"[data] done in {timings['data']:.0f}s; {blanked} blanked images for the blind baseline", flush=True
-    )
-
-    # ---- 2. distil and export the student
-    run_dir, student_dir = out / "distill", out / "student"
-    distill_argv = ["-m", "distill", "train", "--config", config["distill"]["config"]]
-    distill_argv += ["--output-dir", str(run_dir), "--set", f"data.path={data / 'train' / 'images'}"]
-    for override in config["distill"].get("set") or []:
-        distill_argv += ["--set", override]
-    timed("distill", [Stage("distill", distill_argv, logs / "distill.log")])
-    export = ["-m", "distill", "export", str(run_dir), str(student_dir)]
-    timed("export", [Stage("export", export, logs / "export.log")])
+        (out / "blind_data" / "train" / name).write_bytes((data / "train" / name).read_bytes())
+    timings["data"] += time.perf_counter() - t0
+    print(f"[data] {blanked} blanked images for the blind baseline in {out / 'blind_data'}", flush=True)
 
     # ---- 3. the student as a Hugging Face model: load check, token counts, PCA picture
     t0 = time.perf_counter()
     check = student_check(student_dir, data / "eval", llava["long_edge"], out / "pca.png")
     timings["load_check"] = time.perf_counter() - t0
 
-    # ---- 4. LLaVA: pretrain, fine-tune; the image side and the blind side at the same time
-    train = ["-m", "llava_patch.cli", "train", "--llm", str(llava["llm"])]
-    train += ["--long-edge", str(llava["long_edge"]), *flags(llava.get("common") or {})]
-    runs = {side: out / "llava" / side for side in SIDES}
-
-    def llava_stage(stage: str, side: str, *extra: str) -> Stage:
-        """One `radio-llava train --stage <stage>` run of one side, on that side's (possibly blank) images."""
-        argv = [*train, "--stage", stage, "--vision-tower", str(student_dir), *extra,
-                "--data", str(roots[side] / "train" / f"{stage}.json"),
-                "--image-folder", str(roots[side] / "train" / "images"),
-                "--output-dir", str(runs[side] / stage), *flags(llava[stage])]  # fmt: skip
-        return Stage(f"{stage}/{side}", argv, logs / f"{stage}_{side}.log")
-
-    timed("pretrain", [llava_stage("pretrain", side) for side in SIDES])
-    projector = {side: ("--pretrained-projector", str(runs[side] / "pretrain")) for side in SIDES}
-    timed("finetune", [llava_stage("finetune", side, *projector[side]) for side in SIDES])
-
-    # ---- 5. answer the four benchmarks' questions and score them
-    owner = combined_questions(data / "eval", out / "llava" / "questions.jsonl")
-    generate = [
-        Stage(f"generate/{side}", ["-m", "llava_patch.cli", "generate", "--model", str(runs[side] / "finetune"),
-              "--question-file", str(out / "llava" / "questions.jsonl"),
-              "--image-folder", str(roots[side] / "eval"),
-              "--answers-file", str(runs[side] / "answers.jsonl"), *flags(llava.get("generate") or {})],
-              logs / f"generate_{side}.log")
-        for side in SIDES
-    ]  # fmt: skip
-    for side in SIDES:  # a rerun answers everything again
-        (runs[side] / "answers.jsonl").unlink(missing_ok=True)
-    timed("generate", generate)
-    scoring, score_files = [], {}
-    for side in SIDES:
-        answers = split_answers(runs[side] / "answers.jsonl", owner, runs[side])
-        for benchmark in BENCHMARKS:
-            score_files[side, benchmark] = runs[side] / "scores" / f"{benchmark}.json"
-            argv = score_argv(benchmark, answers[benchmark], data / "eval", score_files[side, benchmark])
-            scoring.append(Stage(f"score/{side}/{benchmark}", argv, logs / f"score_{side}_{benchmark}.log"))
-    timed("score", scoring, threads_each=1)
+    # ---- 4-5. LLaVA on the images and blind, side by side: train, answer, score
+    size = ("--long-edge", str(llava["long_edge"]))
+    sides = dict(zip(SIDES, (Side(data, size), Side(out / "blind_data", size))))
+    score_files = _llava_sides(out, config, student_dir, sides, timed)
 
     # ---- 6. results
     scores = {
         benchmark: {
-            "score": benchmark_score(benchmark, json.loads(score_files["image", benchmark].read_text())),
-            "blind_score": benchmark_score(
-                benchmark, json.loads(score_files["blind", benchmark].read_text())
-            ),
+            "score": _score(score_files, "image", benchmark),
+            "blind_score": _score(score_files, "blind", benchmark),
         }
         for benchmark in BENCHMARKS
     }
@@ -212,8 +253,56 @@ def run_demo(out_dir: str | Path, config_path: str | Path = DEFAULT_CONFIG) -> d
         "distill": json.loads((run_dir / "final_metrics.json").read_text()),
         "wall_seconds": time.perf_counter() - start,
     }
+    runs = {side: out / "llava" / side for side in SIDES}
     write_results(out, results, timings, check, config, runs, run_dir)
     return results
+
+
+def run_token_budget(out_dir: str | Path, config_path: str | Path = DEFAULT_CONFIG) -> dict:
+    """`radio-vlm demo --variant token-budget`: the demo's LLaVA trained once per `token_budget` side of the
+    config (by default long edge 96 without a merge vs 192 with `unshuffle:2`, about the same tokens per
+    image) and the four benchmarks' scores side by side. Returns what it writes to results.json."""
+    start = time.perf_counter()
+    out = Path(out_dir).resolve()
+    config = load_demo_config(config_path)
+    budgets = config.get("token_budget")
+    if not isinstance(budgets, dict) or len(budgets) < 2:
+        raise ValueError(
+            f"{config_path}: --variant token-budget needs a section 'token_budget' with two or more sides "
+            "(name: {long-edge: px, token-merge: none | unshuffle:<s> | pool:<s>}), see configs/demo/demo.yaml"
+        )
+    timings: dict[str, float] = {}
+
+    def timed(name: str, stages: list[Stage], threads_each: int | None = None) -> None:
+        run_stages(stages, threads_each)
+        timings[name] = max(stage.seconds for stage in stages)
+
+    data, run_dir, student_dir = _data_and_student(out, config, timings, timed)
+    sides = {name: Side(data, tuple(flags(settings))) for name, settings in budgets.items()}
+    tokens = {
+        name: mean_image_tokens(student_dir, data / "eval", settings) for name, settings in budgets.items()
+    }
+    for name, mean in tokens.items():
+        print(f"[tokens] {name}: {mean:.1f} image tokens per test image", flush=True)
+    score_files = _llava_sides(out, config, student_dir, sides, timed)
+    results = {
+        "variant": "token-budget",
+        "sides": {
+            name: {
+                "settings": budgets[name],
+                "tokens_per_image": tokens[name],
+                "benchmarks": {b: _score(score_files, name, b) for b in BENCHMARKS},
+            }
+            for name in budgets
+        },
+        "distill": json.loads((run_dir / "final_metrics.json").read_text()),
+        "wall_seconds": time.perf_counter() - start,
+    }
+    write_side_by_side(out, results, timings, config, {name: out / "llava" / name for name in budgets})
+    return results
+
+
+VARIANTS = {"default": run_demo, "token-budget": run_token_budget}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -221,9 +310,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", default=str(DEFAULT_CONFIG), help="demo settings (default configs/demo/demo.yaml)"
     )
+    parser.add_argument(
+        "--variant",
+        choices=sorted(VARIANTS),
+        default="default",
+        help="default: vs the blind baseline (make demo); token-budget: the same tokens per image at twice "
+        "the resolution with a 2x2 pixel-unshuffle vs without",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    print(f"radio-vlm demo on {os.cpu_count()} CPUs -> {args.out}", flush=True)
-    run_demo(args.out, args.config)
+    print(f"radio-vlm demo ({args.variant}) on {os.cpu_count()} CPUs -> {args.out}", flush=True)
+    VARIANTS[args.variant](args.out, args.config)
     return 0

@@ -1,12 +1,15 @@
 """What `radio-vlm demo` reports: the student check, one table, results.json / results.md and a figure.
 
-results.json (the schema of issue 6):
+results.json of `make demo` (the schema of issue 6):
 
     {"benchmarks": {"gqa": {"score": float, "blind_score": float}, "textvqa": {...}, "pope": {...},
                     "vqav2": {...}},                       # 0..100; POPE: accuracy over its 3 categories
      "tokens_per_image": {"mean": float, "clip_336": 576}, # mean over the test images, at the demo's long edge
      "distill": {...},                                     # the distillation run's final_metrics.json
      "wall_seconds": float}
+
+results.json of `--variant token-budget`: {"variant": "token-budget", "sides": {name: {"settings": the side's
+`radio-llava train` flags, "tokens_per_image": float, "benchmarks": {benchmark: score}}}, "distill", "wall_seconds"}.
 """
 
 from __future__ import annotations
@@ -18,13 +21,18 @@ import PIL.Image
 import torch
 
 from ..features import encode_images, load_model_and_processor
+from ..models.configuration_radio_with_adaptors import RadioWithAdaptorsConfig
 from ..models.image_io import load_image
+from ..models.image_processing_radio import RadioImageProcessor
 from ..visualize import pca_picture
 
 BENCHMARKS = ("gqa", "textvqa", "pope", "vqav2")
 MARGIN = 25.0  # points a benchmark must score above its blind baseline (issue 6, "Budget")
 # The test image shown in the PCA picture (demo_data names; a landscape image with three shapes at seed 0)
 PCA_IMAGE = "gqa/images/n100000.jpg"
+SIDE_COLORS = ("tab:blue", "tab:gray", "tab:orange", "tab:green")  # image, blind (or the token budgets)
+# `radio-llava train` flags of a demo side that decide its token count -> RadioImageProcessor setting
+TOKEN_FLAGS = {"long-edge": "long_edge", "token-merge": "token_merge", "max-image-tokens": "max_image_tokens"}
 
 
 def benchmark_score(benchmark: str, metrics: dict) -> float:
@@ -43,12 +51,8 @@ def student_check(student_dir: Path, eval_dir: Path, long_edge: int, picture: Pa
     """Load the exported student with `AutoModel.from_pretrained`, run it on the test images and draw the
     PCA picture of its features on one. Returns {"mean_tokens", "num_images", "model", "picture", ...}."""
     model, processor = load_model_and_processor(student_dir)
-    images = sorted(p for p in eval_dir.rglob("*") if p.suffix in (".jpg", ".png"))
-    tokens = []
-    for path in images:
-        with PIL.Image.open(path) as opened:  # reads the header only
-            width, height = opened.size
-        tokens.append(processor.num_image_tokens(height, width, long_edge=long_edge))
+    sizes = _image_sizes(eval_dir)
+    tokens = [processor.num_image_tokens(height, width, long_edge=long_edge) for height, width in sizes]
     image = load_image(eval_dir / PCA_IMAGE)
     # A larger view than the LLaVA input, so the picture shows more than a handful of tokens.
     view = min(4 * long_edge, model.config.max_resolution or 4 * long_edge)
@@ -59,7 +63,7 @@ def student_check(student_dir: Path, eval_dir: Path, long_edge: int, picture: Pa
         "model": type(model).__name__,
         "embed_dim": model.embed_dim,
         "adaptors": sorted(model.adaptors),
-        "num_images": len(images),
+        "num_images": len(sizes),
         "mean_tokens": sum(tokens) / len(tokens),
         "pca_image": PCA_IMAGE,
         "pca_grid": list(item["grid_hw"]),
@@ -72,6 +76,26 @@ def student_check(student_dir: Path, eval_dir: Path, long_edge: int, picture: Pa
         flush=True,
     )
     return check
+
+
+def _image_sizes(eval_dir: Path) -> list[tuple[int, int]]:
+    """(height, width) of every test image under `eval_dir`."""
+    sizes = []
+    for path in sorted(p for p in eval_dir.rglob("*") if p.suffix in (".jpg", ".png")):
+        with PIL.Image.open(path) as opened:  # reads the header only
+            sizes.append(opened.size[::-1])
+    return sizes
+
+
+def mean_image_tokens(student_dir: Path, eval_dir: Path, side_flags: dict) -> float:
+    """Mean image tokens per test image for a demo side (its long edge, token merge and cap, as
+    `radio-llava train` flags), counted by the image processor `radio-llava train` builds for the student."""
+    settings = {TOKEN_FLAGS[k]: v for k, v in side_flags.items() if k in TOKEN_FLAGS}
+    processor = RadioImageProcessor.from_model_config(
+        RadioWithAdaptorsConfig.from_pretrained(student_dir), **settings
+    )
+    tokens = [processor.num_image_tokens(height, width) for height, width in _image_sizes(eval_dir)]
+    return sum(tokens) / len(tokens)
 
 
 def table(results: dict) -> str:
@@ -96,29 +120,31 @@ def _trainer_losses(run: Path) -> tuple[list[int], list[float]]:
     return [h["step"] for h in history], [h["loss"] for h in history]
 
 
-def write_figure(path: Path, runs: dict[str, Path], distill_run: Path, pca: Path) -> None:
-    """results.png: distillation loss, LLaVA pretrain and fine-tune losses (image vs blind), PCA picture."""
+def write_figure(path: Path, runs: dict[str, Path], distill_run: Path, pca: Path | None) -> None:
+    """results.png: distillation loss, LLaVA pretrain and fine-tune losses (one curve per side of `runs`:
+    image vs blind, or the token budgets) and the PCA picture when given."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    fig, axes = plt.subplots(1, 4 if pca else 3, figsize=(18 if pca else 14, 4))
     metrics = [json.loads(line) for line in (distill_run / "metrics.jsonl").read_text().splitlines() if line]
     axes[0].plot([m["step"] for m in metrics], [m["loss"] for m in metrics], color="tab:green")
     axes[0].set_title("distillation loss (student vs teachers)")
     for ax, stage in zip(axes[1:3], ("pretrain", "finetune")):
-        for side, color in (("image", "tab:blue"), ("blind", "tab:gray")):
-            steps, losses = _trainer_losses(runs[side] / stage)
+        for (side, run), color in zip(runs.items(), SIDE_COLORS):
+            steps, losses = _trainer_losses(run / stage)
             ax.plot(steps, losses, color=color, label=side, marker="." if len(steps) < 3 else None)
         ax.set_title(f"LLaVA {stage} loss")
         ax.set_yscale("log")  # the first steps' loss would flatten the rest
         ax.legend()
     for ax in axes[:3]:
         ax.set_xlabel("step")
-    axes[3].imshow(PIL.Image.open(pca))
-    axes[3].set_title("test image | PCA of the student's features")
-    axes[3].axis("off")
+    if pca:
+        axes[3].imshow(PIL.Image.open(pca))
+        axes[3].set_title("test image | PCA of the student's features")
+        axes[3].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -132,9 +158,7 @@ def write_results(
     out: Path, results: dict, timings: dict, check: dict, config: dict, runs: dict, distill_run: Path
 ) -> None:
     """Print the table; write results.json, results.md and results.png into `out`."""
-    (out / "results.json").write_text(json.dumps(results, indent=1))
     write_figure(out / "results.png", runs, distill_run, Path(check["picture"]))
-    stage_times = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in timings.items())
     teachers = results["distill"].get("teachers", {})
     distill_rows = "\n".join(
         f"| {name} | {_cos(m['summary_cos'])} | {_cos(m['features_cos'])} |" for name, m in teachers.items()
@@ -154,13 +178,51 @@ Distillation (held-out cosine similarity of the student's heads with each teache
 | teacher | summary_cos | features_cos |
 |---|---:|---:|
 {distill_rows}
-
-Wall time {results["wall_seconds"]:.0f}s ({stage_times}). Figure: results.png.
 """
-    (out / "results.md").write_text(markdown)
+    _write_report(out, results, timings, text, markdown)
+
+
+def _write_report(out: Path, results: dict, timings: dict, text: str, markdown: str) -> None:
+    """results.json and results.md (`markdown` + the wall time) in `out`; the table `text` on the console."""
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    stage_times = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in timings.items())
+    wall = f"wall time {results['wall_seconds']:.0f}s ({stage_times})"
+    (out / "results.md").write_text(f"{markdown}\n{wall[0].upper()}{wall[1:]}. Figure: results.png.\n")
     print("\n" + text)
-    print(
-        f"\nwall time {results['wall_seconds']:.0f}s ({stage_times})\n"
-        f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}",
-        flush=True,
+    print(f"\n{wall}\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}", flush=True)
+
+
+def side_by_side_table(results: dict) -> str:
+    """The token-budget variant's scores as a Markdown table: one column per side, the change last-vs-first."""
+    names = list(results["sides"])
+    first, last = results["sides"][names[0]], results["sides"][names[-1]]
+    rows = [
+        "| benchmark | " + " | ".join(names) + " | change |",
+        "|---|" + "---:|" * (len(names) + 1),
+        "| image tokens per test image | "
+        + " | ".join(f"{results['sides'][n]['tokens_per_image']:.1f}" for n in names)
+        + f" | {last['tokens_per_image'] - first['tokens_per_image']:+.1f} |",
+    ]
+    for benchmark in BENCHMARKS:
+        scores = [results["sides"][n]["benchmarks"][benchmark] for n in names]
+        change = last["benchmarks"][benchmark] - first["benchmarks"][benchmark]
+        rows.append(f"| {benchmark} | " + " | ".join(f"{v:.1f}" for v in scores) + f" | {change:+.1f} |")
+    return "\n".join(rows)
+
+
+def write_side_by_side(out: Path, results: dict, timings: dict, config: dict, runs: dict) -> None:
+    """The token-budget variant's report: print the table; write results.json, results.md, results.png."""
+    write_figure(out / "results.png", runs, out / "distill", None)
+    sides = "; ".join(
+        f"{name}: `radio-llava train` flags {side['settings']}" for name, side in results["sides"].items()
     )
+    text = side_by_side_table(results)
+    markdown = f"""# radio-vlm demo results: token budget
+
+{text}
+
+Scores in 0..100 on {config["data"]["num_test"]} questions per benchmark (VQAv2 and TextVQA: VQA accuracy;
+GQA: exact match; POPE: accuracy), one LLaVA per column, trained and evaluated identically but for its image
+size and token merge ({sides}). "change" is the last column minus the first.
+"""
+    _write_report(out, results, timings, text, markdown)

@@ -10,6 +10,7 @@ from transformers import AutoConfig, LlavaConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .configuration_radio_with_adaptors import RadioWithAdaptorsConfig
+from .token_merge import merged_token_count, merged_width, parse_token_merge
 
 # Feature sources (exact names, concatenated on channels in the order given):
 #   "backbone"        the backbone's final patch tokens (default; the AM-RADIO paper's LLaVA setting)
@@ -41,6 +42,10 @@ class RadioLlavaVisionConfig(PretrainedConfig):
             activations have a std of tens; the authors added one, radio_official.md 6).
         trainable (`bool`, defaults to `False`): False freezes the tower (requires_grad False). Either way
             the tower stays in eval mode (no training-time CPE) when the LLaVA model trains.
+        token_merge (`str`, defaults to `"none"`): "none" | "unshuffle:s" | "pool:s", the merge of the patch
+            grid before the projector (see `token_merge.py`); "unshuffle:s" multiplies `hidden_size` by s^2.
+
+    `hidden_size` (the projector's input width) is derived from the fields above, never set.
     """
 
     model_type = "radio_llava_vision"
@@ -49,6 +54,7 @@ class RadioLlavaVisionConfig(PretrainedConfig):
     feature_sources: list[str] | None = None
     output_layernorm: bool = False
     trainable: bool = False
+    token_merge: str = "none"
 
     def __post_init__(self, **kwargs):
         if self.radio_config is None:
@@ -56,8 +62,18 @@ class RadioLlavaVisionConfig(PretrainedConfig):
         elif isinstance(self.radio_config, dict):
             self.radio_config = RadioWithAdaptorsConfig(**self.radio_config)
         self.feature_sources = list(self.feature_sources or ["backbone"])
-        self.hidden_size = sum(self.source_width(s) for s in self.feature_sources)
+        radio = self.radio_config
+        parse_token_merge(self.token_merge, max_grid=(radio.max_resolution or 0) // radio.patch_size or None)
+        self.hidden_size = merged_width(self.feature_width, self.token_merge)
+        kwargs.pop(
+            "hidden_size", None
+        )  # a saved config's copy of the derived value (stale once a field changes)
         super().__post_init__(**kwargs)
+
+    @property
+    def feature_width(self) -> int:
+        """Channels of one patch token before the merge: the feature sources' widths summed."""
+        return sum(self.source_width(s) for s in self.feature_sources)
 
     def source_width(self, source: str) -> int:
         """Channels that feature source `source` contributes."""
@@ -81,7 +97,17 @@ class RadioLlavaVisionConfig(PretrainedConfig):
 
     @property
     def patch_size(self) -> int:
+        """RADIO's patch size p (px per side of one patch token)."""
         return self.radio_config.patch_size
+
+    @property
+    def merge_factor(self) -> int:
+        """s of the token merge (1 for "none"): one LLM token covers s x s patches."""
+        return parse_token_merge(self.token_merge)[1]
+
+    def num_image_tokens(self, height: int, width: int) -> int:
+        """Tokens the tower gives the LLM for an input of `height` x `width` px (multiples of p)."""
+        return merged_token_count(height // self.patch_size, width // self.patch_size, self.token_merge)
 
 
 class RadioLlavaConfig(LlavaConfig):

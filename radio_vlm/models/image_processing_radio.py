@@ -15,6 +15,13 @@ ViTDet window when windowing is on), up to `max_resolution`. This processor brin
 
 Pixels stay in [0, 1]: the model normalises with its own conditioner. Example: a 640x480 (w x h) photo at
 long_edge=432, patch 16 -> resized to 432x324, padded to 432x336, patch grid 21x27 = 567 tokens.
+
+Token budget (for RADIO in a VLM; `num_image_tokens` counts what the LLM sees):
+- `token_merge="unshuffle:s"` / `"pool:s"`: the tower merges s x s patches into one token
+  (`token_merge.py`), so every side is padded to a multiple of p * s as well (one merged token = p * s px):
+  the 640x480 photo at long_edge=768 with "unshuffle:2" is 768x576 px, 48x36 patches, 24x18 = 432 tokens.
+- `max_image_tokens=N`: per image, the largest long edge (`long_edge`, else a multiple of the step below
+  it) whose token count is at most N, aspect kept ("long_edge" and "square" modes).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from transformers.image_utils import OPENAI_CLIP_MEAN
 from transformers.processing_utils import ImagesKwargs
 
 from .image_io import ImageSource, load_image_tensor
+from .token_merge import merged_token_count, parse_token_merge
 
 # The input conditioner's mean (OpenAI CLIP), used as the pad colour when no model config is given
 # (reference radio_official.md 1.4).
@@ -53,6 +61,8 @@ class RadioImageProcessorKwargs(ImagesKwargs, total=False):
     max_resolution: int
     pad_value: Sequence[float]
     pack: bool | None
+    token_merge: str
+    max_image_tokens: int | None
 
 
 def patchify(image: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -80,6 +90,11 @@ class RadioImageProcessor(BaseImageProcessor):
         pack: how a list of images is batched. None (default): dense when all outputs share one size,
             packed otherwise; True: always packed; False: always dense, smaller images padded bottom/right
             to the batch's largest height and width (their padding then counts as tokens).
+        token_merge: "none" (default) | "unshuffle:s" | "pool:s", the merge the vision tower applies (a
+            `RadioLlavaVisionConfig.token_merge`): sides are padded to multiples of p * s, and token counts
+            are of merged tokens.
+        max_image_tokens: at most this many tokens per image (None: no cap): each image gets the largest
+            long edge <= `long_edge` that fits (see the module docstring).
 
     Returns (`__call__`) a `BatchFeature` with
         pixel_values: dense (B, 3, H, W) in [0, 1], or packed (total_patches, 3*p*p) where each image
@@ -101,6 +116,8 @@ class RadioImageProcessor(BaseImageProcessor):
         max_resolution: int = 2048,
         pad_value: Sequence[float] = tuple(OPENAI_CLIP_MEAN),
         pack: bool | None = None,
+        token_merge: str = "none",
+        max_image_tokens: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -111,6 +128,8 @@ class RadioImageProcessor(BaseImageProcessor):
         self.max_resolution = max_resolution
         self.pad_value = tuple(float(v) for v in pad_value)
         self.pack = pack
+        self.token_merge = token_merge
+        self.max_image_tokens = max_image_tokens
         self._check_settings(resize_mode, long_edge)
 
     @classmethod
@@ -150,6 +169,11 @@ class RadioImageProcessor(BaseImageProcessor):
 
     # ----------------------------------------------------------------- sizes
 
+    @property
+    def size_step(self) -> int:
+        """Every padded side is a multiple of this: `min_resolution_step`, and p * s with a token merge."""
+        return math.lcm(self.min_resolution_step, self.patch_size * parse_token_merge(self.token_merge)[1])
+
     def get_output_size(
         self, height: int, width: int, resize_mode: str | None = None, long_edge: int | None = None
     ) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -170,19 +194,37 @@ class RadioImageProcessor(BaseImageProcessor):
                     f"model's max_resolution {self.max_resolution} px: pass resize_mode='long_edge' "
                     f"(long_edge<={self.max_resolution})"
                 )
-            return resized, resized
+            return resized, self._padded(resized)
+        if self.max_image_tokens is None:
+            return self._long_edge_size(height, width, resize_mode, long_edge)
+        # the largest long edge within the cap: `long_edge` itself, else the multiples of the step below it
+        for edge in [long_edge, *range((long_edge - 1) // step * step, 0, -step)]:
+            sizes = self._long_edge_size(height, width, resize_mode, edge)
+            if self.num_padded_image_tokens(*sizes[1]) <= self.max_image_tokens:
+                break
+        return sizes  # _check_settings ensures the smallest edge (one step) fits
+
+    def _long_edge_size(self, height: int, width: int, resize_mode: str, long_edge: int):
+        """((resized_h, resized_w), (padded_h, padded_w)) for "long_edge" / "square" at `long_edge` px."""
         if resize_mode == "square":
             resized = (long_edge, long_edge)
         elif height >= width:
             resized = (long_edge, max(1, math.floor(width * long_edge / height + 0.5)))
         else:
             resized = (max(1, math.floor(height * long_edge / width + 0.5)), long_edge)
-        return resized, tuple(math.ceil(side / step) * step for side in resized)
+        return resized, self._padded(resized)
+
+    def _padded(self, size: tuple[int, int]) -> tuple[int, int]:
+        return tuple(math.ceil(side / self.size_step) * self.size_step for side in size)
 
     def num_image_tokens(self, height: int, width: int, **size_kwargs) -> int:
-        """Patch tokens (without CLS/register tokens) the model produces for a `height` x `width` px image."""
-        _, (padded_h, padded_w) = self.get_output_size(height, width, **size_kwargs)
-        return (padded_h // self.patch_size) * (padded_w // self.patch_size)
+        """Tokens the LLM sees for a `height` x `width` px image (patch tokens without CLS/register tokens,
+        merged by `token_merge`, within `max_image_tokens`); `size_kwargs` as `get_output_size`'s."""
+        return self.num_padded_image_tokens(*self.get_output_size(height, width, **size_kwargs)[1])
+
+    def num_padded_image_tokens(self, height: int, width: int) -> int:
+        """Tokens of an image already resized and padded to `height` x `width` px (a `preprocess` output)."""
+        return merged_token_count(height // self.patch_size, width // self.patch_size, self.token_merge)
 
     def _check_settings(self, resize_mode: str, long_edge: int) -> None:
         if resize_mode not in RESIZE_MODES:
@@ -192,11 +234,26 @@ class RadioImageProcessor(BaseImageProcessor):
                 f"min_resolution_step={self.min_resolution_step} must be a positive multiple of "
                 f"patch_size={self.patch_size}"
             )
+        parse_token_merge(self.token_merge, max_grid=self.max_resolution // self.patch_size)
+        cap = self.max_image_tokens
+        if cap is not None:
+            if resize_mode == "nearest_supported":
+                raise ValueError(
+                    f"max_image_tokens={cap} needs resize_mode 'long_edge' or 'square' (nearest_supported "
+                    "keeps each image's own size): pass resize_mode='long_edge'"
+                )
+            side = self.size_step
+            least = self.num_padded_image_tokens(side, side)
+            if isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < least:
+                raise ValueError(
+                    f"max_image_tokens={cap!r} must be an integer >= {least}: the smallest image this model "
+                    f"takes ({side}x{side} px with token_merge={self.token_merge!r}) costs {least}"
+                )
         if resize_mode == "nearest_supported":
             return
         if not isinstance(long_edge, (int, np.integer)) or long_edge <= 0:
             raise ValueError(f"long_edge must be a positive number of pixels, got {long_edge!r}")
-        padded = math.ceil(long_edge / self.min_resolution_step) * self.min_resolution_step
+        padded = math.ceil(long_edge / self.size_step) * self.size_step
         if padded > self.max_resolution:
             raise ValueError(
                 f"long_edge={long_edge} (padded to {padded}) exceeds the model's max_resolution "

@@ -7,6 +7,11 @@ only patch tokens (no CLS/register tokens) and answers every layer request with 
 sources, so the LLaVA config uses `vision_feature_layer=-1` and `vision_feature_select_strategy="full"`;
 which layer or adaptor the LLM sees is this model's `feature_sources`.
 
+With a token merge (`token_merge="unshuffle:s"` or `"pool:s"`) one output token covers s x s patches, so
+`patch_size` (what LLaVA divides by) is p * s; `RadioLlavaProcessor` pads every image to multiples of it
+(`RadioImageProcessor(token_merge=...)`), which keeps LLaVA's split exact. Other callers may pass any
+multiple of p: the grid is then padded with zero tokens (see `token_merge.py`).
+
 Exported next to the weights for `trust_remote_code`: imports only torch, transformers and sibling files.
 """
 
@@ -24,6 +29,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from .configuration_radio_llava import RadioLlavaConfig, RadioLlavaVisionConfig, parse_feature_source
 from .image_processing_radio import patchify
 from .modeling_radio_with_adaptors import RadioWithAdaptors
+from .token_merge import merge_packed_tokens, merge_tokens
 
 
 class RadioLlavaVisionModel(PreTrainedModel):
@@ -31,10 +37,12 @@ class RadioLlavaVisionModel(PreTrainedModel):
 
     forward(pixel_values, image_sizes=None):
         pixel_values: (N, 3, H, W) RGB in [0, 1]; images padded bottom/right to a common size.
-        image_sizes: (N, 2) each image's (height, width) in px inside its padded tensor, multiples of the
-            patch size. Given, the images are cropped to their sizes and run packed: last_hidden_state is
-            (1, sum_i h_i*w_i / p^2, hidden_size). Absent, all images are (H, W): (N, H*W/p^2, hidden_size).
-    `hidden_states` is `(last_hidden_state,)`: any `vision_feature_layer` LLaVA asks for (-1 or 0) gets it.
+        image_sizes: (N, 2) each image's (height, width) in px inside its padded tensor, multiples of RADIO's
+            patch size p. Given, the images are cropped to their sizes and run packed: last_hidden_state is
+            (1, sum_i T_i, hidden_size). Absent, all images are (H, W): (N, T, hidden_size).
+    T = `config.num_image_tokens(height, width)`: (H/p) * (W/p) patch tokens, or with a token merge
+    ceil(H/(p*s)) * ceil(W/(p*s)) merged tokens. `hidden_states` is `(last_hidden_state,)`: any
+    `vision_feature_layer` LLaVA asks for (-1 or 0) gets it.
     """
 
     config_class = RadioLlavaVisionConfig
@@ -47,8 +55,8 @@ class RadioLlavaVisionModel(PreTrainedModel):
     def __init__(self, config: RadioLlavaVisionConfig):
         super().__init__(config)
         self.radio = RadioWithAdaptors(config.radio_config)
-        self.layernorm = nn.LayerNorm(config.hidden_size) if config.output_layernorm else None
-        self.patch_size = config.patch_size
+        # on the patch tokens, before the merge: padding tokens stay zero, and the weights do not depend on it
+        self.layernorm = nn.LayerNorm(config.feature_width) if config.output_layernorm else None
         self.sources = [parse_feature_source(s) for s in config.feature_sources]
         self.post_init()
         self.requires_grad_(config.trainable)
@@ -57,7 +65,7 @@ class RadioLlavaVisionModel(PreTrainedModel):
     @classmethod
     def from_radio(cls, radio: RadioWithAdaptors, **config_kwargs) -> RadioLlavaVisionModel:
         """Wrap a loaded `RadioWithAdaptors`; `config_kwargs` are `RadioLlavaVisionConfig` fields
-        (feature_sources, output_layernorm, trainable). `radio` is adopted, not copied: no second copy in
+        (feature_sources, output_layernorm, trainable, token_merge). `radio` is adopted, not copied: no second copy in
         memory, and parameters that DeepSpeed ZeRO-3 partitioned while they loaded stay partitioned."""
         config = RadioLlavaVisionConfig(radio_config=radio.config.to_dict(), **config_kwargs)
         with torch.device("meta"):  # placeholders only: `radio` replaces the RADIO built here
@@ -65,7 +73,7 @@ class RadioLlavaVisionModel(PreTrainedModel):
         model.radio = radio
         if config.output_layernorm:
             weight = next(radio.parameters())
-            model.layernorm = nn.LayerNorm(config.hidden_size, device=weight.device, dtype=weight.dtype)
+            model.layernorm = nn.LayerNorm(config.feature_width, device=weight.device, dtype=weight.dtype)
         model.requires_grad_(config.trainable)
         return model.train()
 
@@ -85,26 +93,34 @@ class RadioLlavaVisionModel(PreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.radio.backbone.embeddings
 
+    @property
+    def patch_size(self) -> int:
+        """Pixels per side of one output token: RADIO's patch size times the merge factor s (LLaVA's split
+        reads it)."""
+        return self.config.patch_size * self.config.merge_factor
+
     def forward(
         self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None, **kwargs
     ) -> BaseModelOutputWithPooling:
+        p = self.config.patch_size
         grid_hw = None
         if image_sizes is not None:
             sizes = torch.as_tensor(image_sizes).tolist()
-            if any(h % self.patch_size or w % self.patch_size for h, w in sizes):
+            if any(h % p or w % p for h, w in sizes):
                 raise ValueError(
-                    f"image_sizes {sizes} must be multiples of the patch size {self.patch_size}: pass the "
-                    "padded sizes RadioLlavaProcessor returns"
+                    f"image_sizes {sizes} must be multiples of the patch size {p}: pass the padded sizes "
+                    "RadioLlavaProcessor returns"
                 )
-            pixel_values = torch.cat(
-                [patchify(im[:, :h, :w], self.patch_size) for im, (h, w) in zip(pixel_values, sizes)]
-            )
-            grid_hw = torch.tensor(sizes, device=pixel_values.device) // self.patch_size
+            pixel_values = torch.cat([patchify(im[:, :h, :w], p) for im, (h, w) in zip(pixel_values, sizes)])
+            grid_hw = torch.tensor(sizes, device=pixel_values.device) // p
         features = self._features(pixel_values, grid_hw)
-        if grid_hw is not None:
-            features = features[None]  # packed: (1, sum h*w, D)
         if self.layernorm is not None:
             features = self.layernorm(features)
+        if grid_hw is not None:  # packed: (1, sum T_i, D)
+            features = merge_packed_tokens(features, grid_hw.tolist(), self.config.token_merge)[None]
+        else:
+            grid = (pixel_values.shape[-2] // p, pixel_values.shape[-1] // p)
+            features = merge_tokens(features, grid, self.config.token_merge)
         return BaseModelOutputWithPooling(last_hidden_state=features, hidden_states=(features,))
 
     def _features(self, pixel_values: torch.Tensor, grid_hw: torch.Tensor | None) -> torch.Tensor:

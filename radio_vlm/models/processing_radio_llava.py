@@ -113,13 +113,10 @@ class RadioLlavaProcessor(ProcessorMixin):
         return out["pixel_values"][0]
 
     def num_image_tokens(self, pixel_values: torch.Tensor) -> int:
-        """Image tokens of one processed (3, h, w) image: `RadioImageProcessor.num_image_tokens` of its size.
-
-        A processed image's sides are multiples of the resolution step, which `nearest_supported` keeps as
-        they are, so this is the count the image processor gives for the original image.
-        """
-        height, width = pixel_values.shape[-2:]
-        return self.image_processor.num_image_tokens(height, width, resize_mode="nearest_supported")
+        """Image tokens of one processed (3, h, w) image: `RadioImageProcessor.num_padded_image_tokens` of its
+        size (the patch grid, merged by the image processor's `token_merge`), which is what
+        `RadioImageProcessor.num_image_tokens` gives for the original image."""
+        return self.image_processor.num_padded_image_tokens(*pixel_values.shape[-2:])
 
     def __call__(
         self,

@@ -207,11 +207,11 @@ def test_collated_mixed_batch_trains(tiny, folder):
 def test_a_text_only_batch_runs_the_tower_on_a_dummy_image_and_keeps_its_loss(tiny, folder, step):
     model, processor = tiny
     data = dataset([GOOD[2], qa(None, "text-2", question="name a shape", answer="a circle")], tiny, folder)
-    collator = LlavaCollator(processor.tokenizer.pad_token_id, processor.image_token_id, 16, step)
+    tokens = (step // 16) ** 2  # in extra, masked columns after every real token
+    collator = LlavaCollator(processor.tokenizer.pad_token_id, processor.image_token_id, step, tokens)
     batch = collator([data[0], data[1]])
     batch.pop("skipped")
     assert batch["pixel_values"].shape == (1, 3, step, step) and batch["image_sizes"].tolist() == [[step] * 2]
-    tokens = (step // 16) ** 2  # in extra, masked columns after every real token
     assert (batch["input_ids"][0, -tokens:] == processor.image_token_id).all()
     assert (batch["input_ids"] == processor.image_token_id).sum() == tokens
     assert (
