@@ -87,7 +87,7 @@ def load_projector(model, source: str | Path) -> Path:
                 raise ValueError(
                     f"{path}: tensor {key} has shape {tuple(value.shape)} but this model's projector needs "
                     f"{tuple(own[name].shape)} ({name}): was it trained with the same vision tower (feature "
-                    "sources) and LLM?"
+                    "sources, --token-merge) and LLM?"
                 )
         for name, (_, value) in state.items():
             own[name].copy_(value)

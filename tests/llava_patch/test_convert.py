@@ -53,7 +53,7 @@ def clip_dir(tmp_path_factory) -> Path:
     return path
 
 
-def save_original_llava(llava, tower: str, path: Path) -> Path:
+def save_original_llava(llava, tower: str, path: Path, mm_hidden_size: int = 32) -> Path:
     """An original-layout LLaVA-1.5 checkpoint: LLaVA's LlavaLlamaForCausalLM (tiny-llama inside, tower
     loaded, random mlp2x_gelu projector) saved by its own save_pretrained, with the tokenizer."""
     llava_config_class, llava_class = llava
@@ -65,7 +65,7 @@ def save_original_llava(llava, tower: str, path: Path) -> Path:
             "mm_vision_select_layer": -2,
             "mm_vision_select_feature": "patch",
             "mm_projector_type": "mlp2x_gelu",
-            "mm_hidden_size": 32,
+            "mm_hidden_size": mm_hidden_size,
             "mm_patch_merge_type": "flat",
             "image_aspect_ratio": "pad",
             "tokenizer_model_max_length": 2048,
@@ -88,12 +88,21 @@ def original_logits(llava, path: Path, input_ids, pixel_values) -> torch.Tensor:
         return model(input_ids=input_ids, images=pixel_values).logits
 
 
-@pytest.mark.parametrize("tower_kind", ["clip", "radio"])
+# tower kind -> (tower name, mm_hidden_size, pixel_values size, image tokens)
+TOWERS = {
+    "clip": (None, 32, (32, 32), 4),  # 2x2 patches, CLS dropped
+    "radio": ("radio:tiny-radio:long_edge=48", 32, (32, 48), 6),  # 2x3 patches
+    # 2x4 patches -> 1x2 tokens of 4 x 32 channels
+    "radio_unshuffle2": ("radio:tiny-radio:long_edge=48,merge=unshuffle2,max_tokens=4", 128, (32, 64), 2),
+}
+
+
+@pytest.mark.parametrize("tower_kind", sorted(TOWERS))
 def test_round_trip_identical_logits(llava, clip_dir, tmp_path, tower_kind):
-    tower = str(clip_dir) if tower_kind == "clip" else "radio:tiny-radio:long_edge=48"
-    source = save_original_llava(llava, tower, tmp_path / "llava-v1.5-tiny")
-    pixel_values = torch.rand(1, 3, 32, 32) if tower_kind == "clip" else torch.rand(1, 3, 32, 48)
-    num_image_tokens = 4 if tower_kind == "clip" else 6  # CLIP: 2x2 patches (CLS dropped); RADIO: 2x3
+    name, mm_hidden_size, size, num_image_tokens = TOWERS[tower_kind]
+    tower = name or str(clip_dir)
+    source = save_original_llava(llava, tower, tmp_path / "llava-v1.5-tiny", mm_hidden_size)
+    pixel_values = torch.rand(1, 3, *size)
     text = [1, 17, 29, 5]
     input_ids = torch.tensor([text[:2] + [IMAGE] + text[2:]])
     assert (source / "model.safetensors.index.json").is_file()
@@ -111,10 +120,14 @@ def test_round_trip_identical_logits(llava, clip_dir, tmp_path, tower_kind):
         logits = hf(input_ids=hf_ids, pixel_values=pixel_values).logits
     assert logits.shape[1] == reference.shape[1]
     torch.testing.assert_close(logits[..., :vocab], reference, rtol=0, atol=1e-5)
-    if tower_kind == "radio":  # the converted folder serves with AutoProcessor / pipeline()
+    if tower_kind.startswith("radio"):  # the converted folder serves with AutoProcessor / pipeline()
         processor = AutoProcessor.from_pretrained(tmp_path / "hf")
         assert isinstance(processor, RadioLlavaProcessor) and processor.image_processor.long_edge == 48
         assert processor.image_token_id == config.image_token_id
+    if tower_kind == "radio_unshuffle2":  # the token budget is carried by the transformers-side files
+        assert config.vision_config.token_merge == "unshuffle:2"
+        image_processor = processor.image_processor
+        assert (image_processor.token_merge, image_processor.max_image_tokens) == ("unshuffle:2", 4)
 
     assert (
         cli(["convert", "--from", "hf", "--to", "llava", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
@@ -123,6 +136,10 @@ def test_round_trip_identical_logits(llava, clip_dir, tmp_path, tower_kind):
     before = json.loads((source / "config.json").read_text())
     for key in ("vocab_size", "mm_hidden_size", "mm_vision_select_layer", "image_aspect_ratio", "model_type"):
         assert back[key] == before[key], key
+    if tower_kind == "radio_unshuffle2":
+        assert back["mm_vision_tower"].endswith(
+            ":long_edge=48,feature=layer:-2,merge=unshuffle2,max_tokens=4"
+        )
     torch.testing.assert_close(
         original_logits(llava, tmp_path / "back", input_ids, pixel_values), reference, rtol=0, atol=0
     )

@@ -42,7 +42,7 @@ def tiny_llm_dir(tmp_path_factory) -> Path:
     return path
 
 
-def tiny_llava(llava, tokenizer_model_max_length=None, padding_side="right"):
+def tiny_llava(llava, tokenizer_model_max_length=None, padding_side="right", tower=TOWER, mm_hidden_size=32):
     """LLaVA's own LlavaLlamaForCausalLM (tiny LLaMA dims) with the RADIO tower, as after LLaVA's
     initialize_vision_modules (mlp2x_gelu projector, flat patch merge)."""
     from llava.model import LlavaConfig, LlavaLlamaForCausalLM
@@ -52,11 +52,11 @@ def tiny_llava(llava, tokenizer_model_max_length=None, padding_side="right"):
     )
     config.update(
         {
-            "mm_vision_tower": TOWER,
+            "mm_vision_tower": tower,
             "mm_vision_select_layer": -1,
             "mm_vision_select_feature": "patch",
             "mm_projector_type": "mlp2x_gelu",
-            "mm_hidden_size": 32,
+            "mm_hidden_size": mm_hidden_size,
             "mm_patch_merge_type": "flat",
             "tokenizer_padding_side": padding_side,
         }
@@ -91,6 +91,61 @@ def test_tower_names_and_errors():
         "no",
         "--eval_strategy=no",
     ]
+
+
+def test_token_budget_in_tower_names(llava):
+    """merge= and max_tokens= reach the tower (projector width, merged output) and its image processor
+    (cap, padding to the merged token), and LLaVA's own model trains on differently sized images with them:
+    each row equals that sample alone, with the processor's token count."""
+    spec = parse_radio_tower_name("radio:/ckpt/radio-h:long_edge=768,merge=unshuffle2,max_tokens=256")
+    assert (spec.long_edge, spec.token_merge, spec.max_image_tokens) == (768, "unshuffle:2", 256)
+    assert parse_radio_tower_name("radio:tiny-radio:merge=pool:3").token_merge == "pool:3"
+    for name, message in (
+        ("radio:tiny-radio:merge=unshuffle0", r"merge='unshuffle0'.*'none', 'unshuffle:s', 'pool:s'"),
+        ("radio:tiny-radio:max_tokens=lots", r"max_tokens='lots' is not an integer"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_radio_tower_name(name)
+    args = types.SimpleNamespace(mm_vision_select_layer=-1, mm_vision_select_feature="patch")
+    with pytest.raises(
+        ValueError, match=r"radio:tiny-radio:max_tokens=-1.*max_image_tokens=-1 must be .* >= 1"
+    ):
+        RadioVisionTower("radio:tiny-radio:max_tokens=-1", args, delay_load=True)
+    with pytest.raises(ValueError, match=r"radio:tiny-radio:merge=pool17.*s must be in 2\.\.16"):
+        RadioVisionTower("radio:tiny-radio:merge=pool17", args, delay_load=True)
+
+    name = "radio:tiny-radio:long_edge=48,merge=unshuffle2,max_tokens=4"
+    model = tiny_llava(llava, tower=name, mm_hidden_size=128)
+    tower = model.get_vision_tower()
+    processor = tower.image_processor
+    assert tower.hidden_size == 128 and (processor.token_merge, processor.max_image_tokens) == (
+        "unshuffle:2",
+        4,
+    )
+    assert processor.crop_size == {"height": 64, "width": 64}  # 48 px padded to the 32 px merged token
+    photos = [torch.rand(3, 40, 90), torch.rand(3, 100, 30)]
+    images = [processor.preprocess(p, return_tensors="pt")["pixel_values"][0] for p in photos]
+    counts = [processor.num_image_tokens(*p.shape[-2:]) for p in photos]
+    assert [tuple(im.shape[-2:]) for im in images] == [(32, 64), (64, 32)] and counts == [2, 2]
+    with torch.no_grad():
+        assert [len(f) for f in tower(images)] == counts
+        odd = tower(torch.rand(1, 3, 48, 80))  # a 3x5 patch grid: zero tokens pad it to 2x3 merged tokens
+    assert odd.shape == (1, 6, 128)
+    input_ids, labels, mask = _batch(with_text_only=False)
+    out = model(input_ids=input_ids, attention_mask=mask, labels=labels, images=images)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.get_model().mm_projector.parameters())
+    original = _ORIGINALS["prepare_inputs_labels_for_multimodal"]
+    with torch.no_grad():
+        for row in range(2):
+            n = int(mask[row].sum())
+            alone = original(model, input_ids[row : row + 1, :n], None, None, None, None, images[row][None])[
+                4
+            ]
+            assert alone.shape[1] == n - 1 + counts[row]
+            torch.testing.assert_close(
+                out.logits[row, : alone.shape[1]], model(inputs_embeds=alone).logits[0]
+            )
 
 
 def test_builder_patched_everywhere(llava):
