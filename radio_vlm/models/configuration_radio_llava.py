@@ -62,12 +62,11 @@ class RadioLlavaVisionConfig(PretrainedConfig):
         elif isinstance(self.radio_config, dict):
             self.radio_config = RadioWithAdaptorsConfig(**self.radio_config)
         self.feature_sources = list(self.feature_sources or ["backbone"])
-        radio = self.radio_config
-        parse_token_merge(self.token_merge, max_grid=(radio.max_resolution or 0) // radio.patch_size or None)
+        max_resolution = self.radio_config.max_resolution
+        parse_token_merge(self.token_merge, max_resolution // self.patch_size if max_resolution else None)
         self.hidden_size = merged_width(self.feature_width, self.token_merge)
-        kwargs.pop(
-            "hidden_size", None
-        )  # a saved config's copy of the derived value (stale once a field changes)
+        # a saved config holds a copy of the derived value, stale once a field above changes
+        kwargs.pop("hidden_size", None)
         super().__post_init__(**kwargs)
 
     @property

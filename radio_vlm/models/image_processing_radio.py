@@ -10,7 +10,8 @@ ViTDet window when windowing is on), up to `max_resolution`. This processor brin
   is cropped and the aspect stays exact): long_edge=440 with step 16 gives a 448 px long side.
 - `resize_mode="nearest_supported"`: each side is resized to the nearest multiple of the step, RADIO's
   own `get_nearest_supported_resolution` rule (Python `round`, half to even; at least one step), e.g.
-  437x641 -> 432x640. Nothing is padded; the aspect changes slightly.
+  437x641 -> 432x640. Nothing is padded (with a `token_merge`, only up to whole merged tokens); the aspect
+  changes slightly.
 - `resize_mode="square"`: every image becomes `long_edge` x `long_edge` (aspect not kept).
 
 Pixels stay in [0, 1]: the model normalises with its own conditioner. Example: a 640x480 (w x h) photo at

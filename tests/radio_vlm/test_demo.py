@@ -163,3 +163,50 @@ def test_default_config_is_the_repository_demo_config():
     """`make demo` passes no --config: the default must be configs/demo/demo.yaml of this checkout."""
     assert Path(__file__).resolve().parents[2] / "configs" / "demo" / "demo.yaml" == demo.DEFAULT_CONFIG
     assert demo.DEFAULT_CONFIG.is_file()
+
+
+def test_token_budget_variant_scores_each_budget_side_by_side(tmp_path):
+    """`--variant token-budget`: one LLaVA per `token_budget` side (here 64 px without a merge and 128 px
+    with unshuffle:2: the same tokens per image), each trained with its flags, and a side-by-side table."""
+    sides = {
+        "none-64px": {"long-edge": 64},
+        "unshuffle2-128px": {"long-edge": 128, "token-merge": "unshuffle:2"},
+    }
+    config = tmp_path / "quick.yaml"
+    config.write_text(json.dumps({**QUICK, "token_budget": sides}))
+    mp = pytest.MonkeyPatch()
+    mp.setattr(demo, "run_stages", run_in_process)
+    try:
+        results = demo.run_token_budget(tmp_path / "out", config)
+    finally:
+        mp.undo()
+    out = tmp_path / "out"
+    assert json.loads((out / "results.json").read_text()) == results
+    assert set(results["sides"]) == set(sides) and results["variant"] == "token-budget"
+    tokens = [side["tokens_per_image"] for side in results["sides"].values()]
+    assert tokens[0] == tokens[1] and 8 <= tokens[0] <= 16  # twice the pixels per side, a quarter per token
+    for name, settings in sides.items():
+        run = json.loads((out / "llava" / name / "finetune" / "radio_llava_run.json").read_text())
+        assert (run["long_edge"], run["token_merge"]) == (
+            settings["long-edge"],
+            settings.get("token-merge", "none"),
+        )
+        for benchmark in BENCHMARKS:
+            metrics = json.loads((out / "llava" / name / "scores" / f"{benchmark}.json").read_text())
+            assert metrics["num_missing"] == 0 and metrics["num_questions"] == 12, (name, benchmark)
+    markdown = (out / "results.md").read_text()
+    assert "| benchmark | none-64px | unshuffle2-128px | change |" in markdown
+    assert f"| textvqa | {results['sides']['none-64px']['benchmarks']['textvqa']:.1f} |" in markdown
+    assert (out / "results.png").is_file() and not (out / "blind_data").exists()
+
+
+def test_the_default_config_holds_the_token_budget_sides(tmp_path):
+    config = demo.load_demo_config(demo.DEFAULT_CONFIG)  # the file `radio-vlm demo` reads without --config
+    assert config["token_budget"] == {
+        "none-96px": {"long-edge": 96, "token-merge": "none"},
+        "unshuffle2-192px": {"long-edge": 192, "token-merge": "unshuffle:2"},
+    }
+    (tmp_path / "quick.yaml").write_text(json.dumps(QUICK))
+    with pytest.raises(ValueError, match="needs a section 'token_budget'"):
+        demo.run_token_budget(tmp_path / "out", tmp_path / "quick.yaml")
+    assert not (tmp_path / "out").exists()
