@@ -126,7 +126,7 @@ def test_merge_equals_the_definition(merge, grid):
 @pytest.mark.parametrize("merge", MERGES)
 @pytest.mark.parametrize("cap", [None, 6])
 def test_vit_counts_agree_over_sizes_merges_and_caps(llm, merge, cap):
-    tower = load_vision_tower("tiny-radio", token_merge=merge)
+    tower = load_vision_tower("tiny-radio-backbone", token_merge=merge)  # no adaptor heads to compute
     llava, processor = llava_with(tower, llm, long_edge=64, max_image_tokens=cap)
     s = tower.config.merge_factor
     assert tower.config.hidden_size == 32 * (s * s if merge.startswith("unshuffle") else 1)
@@ -142,32 +142,38 @@ def test_vit_counts_agree_over_sizes_merges_and_caps(llm, merge, cap):
     assert counts[0] == {"none": 12, "unshuffle:2": 4, "pool:2": 4, "unshuffle:3": 2}[merge] or cap == 6
 
 
-@pytest.mark.parametrize("merge", ["unshuffle:2", "pool:3"])
-def test_eradio_tower_merges(llm, merge):
-    radio = tiny_eradio()
-    tower = RadioLlavaVisionModel.from_radio(radio, token_merge=merge)
-    llava, processor = llava_with(tower, llm, long_edge=96)
+@pytest.mark.parametrize("merge", ["unshuffle:2", "pool:2"])
+def test_eradio_tower_counts_agree(llm, merge):
+    tower = RadioLlavaVisionModel.from_radio(tiny_eradio(), token_merge=merge)
+    llava, processor = llava_with(tower, llm, long_edge=64)
     generator = torch.Generator().manual_seed(1)
-    images = [torch.rand(3, h, w, generator=generator) for w, h in [(96, 64), (50, 96), (80, 80), (96, 20)]]
+    images = [torch.rand(3, h, w, generator=generator) for w, h in [(64, 40), (30, 64), (50, 50)]]
     check_counts_agree(llava, processor, images)
-    # called directly with grids the merge does not divide (4x6 and 2x4 patches): zero tokens pad them
-    unmerged = RadioLlavaVisionModel.from_radio(radio)
-    pixels, sizes = torch.rand(2, 3, 64, 96), [(64, 96), (32, 64)]
+
+
+@pytest.mark.parametrize("merge", ["unshuffle:3", "pool:3"])
+def test_eradio_grids_the_merge_does_not_divide_get_zero_tokens(merge):
+    """E-RADIO grids are even (inputs in multiples of 32); s = 3 leaves a remainder: 4x6 and 2x4 patches."""
+    radio = tiny_eradio()
+    tower, unmerged = (RadioLlavaVisionModel.from_radio(radio, token_merge=m) for m in (merge, "none"))
+    pixels, sizes = torch.rand(2, 3, 64, 96), torch.tensor([[64, 96], [32, 64]])
     with torch.no_grad():
-        out = tower(pixels, image_sizes=torch.tensor(sizes)).last_hidden_state[0]
-        plain = unmerged(pixels, image_sizes=torch.tensor(sizes)).last_hidden_state[0]
-    chunks = plain.split([h * w // 256 for h, w in sizes])
-    expected = [reference_merge(c.reshape(h // 16, w // 16, -1), merge) for c, (h, w) in zip(chunks, sizes)]
-    torch.testing.assert_close(
-        out, torch.cat([e.reshape(-1, e.shape[-1]) for e in expected]), atol=1e-5, rtol=0
+        out = tower(pixels, image_sizes=sizes).last_hidden_state[0]
+        plain = unmerged(pixels, image_sizes=sizes).last_hidden_state[0]
+    grids = [(4, 6), (2, 4)]
+    chunks = plain.split([h * w for h, w in grids])
+    expected = torch.cat(
+        [reference_merge(c.reshape(*g, -1), merge).flatten(0, 1) for c, g in zip(chunks, grids)]
     )
+    assert len(out) == 2 * 2 + 1 * 2
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
 def test_odd_grids_pad_with_zero_tokens_after_the_layernorm():
     """Dense and packed, a grid that s does not divide gets zero tokens (the output LayerNorm runs before
     the merge, so they stay zero), and each packed image equals that image alone."""
-    merged = load_vision_tower("tiny-radio", output_layernorm=True, token_merge="unshuffle:2")
-    plain = load_vision_tower("tiny-radio", output_layernorm=True)
+    merged = load_vision_tower("tiny-radio-backbone", output_layernorm=True, token_merge="unshuffle:2")
+    plain = load_vision_tower("tiny-radio-backbone", output_layernorm=True)
     assert merged.layernorm.normalized_shape == (32,) and merged.config.hidden_size == 128
     images = [torch.rand(3, 48, 80), torch.rand(3, 64, 32)]  # 3x5 and 4x2 patches
     with torch.no_grad():
@@ -250,7 +256,8 @@ def test_bad_settings_name_the_setting_and_the_valid_range(make, message):
 
 
 def test_a_trained_model_takes_only_merges_of_its_projector_width(llm):
-    llava, processor = llava_with(load_vision_tower("tiny-radio", token_merge="pool:2"), llm, long_edge=64)
+    tower = load_vision_tower("tiny-radio-backbone", token_merge="pool:2")
+    llava, processor = llava_with(tower, llm, long_edge=64)
     set_token_budget(llava, processor, token_merge="none", max_image_tokens=6)  # same width: allowed
     assert llava.model.vision_tower.config.token_merge == llava.config.vision_config.token_merge == "none"
     assert (processor.image_processor.token_merge, processor.image_processor.max_image_tokens) == ("none", 6)
@@ -266,7 +273,7 @@ def test_train_saves_the_budget_and_generate_uses_or_overrides_it(tmp_path):
     out = tmp_path / "run"
     assert (
         main(
-            ["train", "--stage", "finetune", "--vision-tower", "tiny-radio", "--llm", "tiny-llama"]
+            ["train", "--stage", "finetune", "--vision-tower", "tiny-radio-backbone", "--llm", "tiny-llama"]
             + ["--data", str(data / "finetune.json"), "--image-folder", str(data / "images")]
             + ["--output-dir", str(out), "--long-edge", "64", "--token-merge", "unshuffle:2"]
             + ["--max-image-tokens", "3", "--max-steps", "1", "--global-batch-size", "2"]
