@@ -51,18 +51,21 @@ def run_in_process(stages, threads_each=None):
         assert mains[stage.argv[1]](stage.argv[2:]) == 0, stage.name
 
 
-@pytest.fixture(scope="module")
-def reduced_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    config = root / "quick.yaml"
-    config.write_text(json.dumps(QUICK))  # JSON is YAML
+def run_variant(run, root: Path, config: dict) -> dict:
+    """`run` (demo.run_demo or a variant) on `config` into root/out, its stages run in this process."""
+    (root / "quick.yaml").write_text(json.dumps(config))  # JSON is YAML
     mp = pytest.MonkeyPatch()
     mp.setattr(demo, "run_stages", run_in_process)
     try:
-        results = demo.run_demo(root / "out", config)
+        return run(root / "out", root / "quick.yaml")
     finally:
         mp.undo()
-    return root / "out", results
+
+
+@pytest.fixture(scope="module")
+def reduced_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    return root / "out", run_variant(demo.run_demo, root, QUICK)
 
 
 def test_results_json_has_the_issue_schema(reduced_run):
@@ -172,14 +175,7 @@ def test_token_budget_variant_scores_each_budget_side_by_side(tmp_path):
         "none-64px": {"long-edge": 64},
         "unshuffle2-128px": {"long-edge": 128, "token-merge": "unshuffle:2"},
     }
-    config = tmp_path / "quick.yaml"
-    config.write_text(json.dumps({**QUICK, "token_budget": sides}))
-    mp = pytest.MonkeyPatch()
-    mp.setattr(demo, "run_stages", run_in_process)
-    try:
-        results = demo.run_token_budget(tmp_path / "out", config)
-    finally:
-        mp.undo()
+    results = run_variant(demo.run_token_budget, tmp_path, {**QUICK, "token_budget": sides})
     out = tmp_path / "out"
     assert json.loads((out / "results.json").read_text()) == results
     assert set(results["sides"]) == set(sides) and results["variant"] == "token-budget"
