@@ -92,7 +92,7 @@ def check_counts_agree(llava, processor, images: list[torch.Tensor]) -> list[int
     image alone; and LLaVA's forward accepts the batch. Returns the counts."""
     expected = [processor.image_processor.num_image_tokens(*im.shape[-2:]) for im in images]
     prompts = [f"USER: <image>\nwhat is {i}? ASSISTANT:" for i in range(len(images))]
-    inputs = processor(prompts, images=images)
+    inputs = processor(images=images, text=prompts)
     assert (inputs["input_ids"] == processor.image_token_id).sum(1).tolist() == expected
     tower = llava.model.vision_tower
     with torch.no_grad():
@@ -284,7 +284,8 @@ def test_train_saves_the_budget_and_generate_uses_or_overrides_it(tmp_path):
     run = json.loads((out / "radio_llava_run.json").read_text())
     assert (run["token_merge"], run["max_image_tokens"]) == ("unshuffle:2", 3)
     assert json.loads((out / "config.json").read_text())["vision_config"]["token_merge"] == "unshuffle:2"
-    assert json.loads((out / "preprocessor_config.json").read_text())["max_image_tokens"] == 3
+    saved_processor = json.loads((out / "processor_config.json").read_text())
+    assert saved_processor["image_processor"]["max_image_tokens"] == 3
     model, processor = load_pretrained(out)
     assert (
         model.model.vision_tower.config.hidden_size == 128 and processor.image_processor.max_image_tokens == 3
