@@ -13,6 +13,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "Distil a RADIO student from teachers (DeepSpeed; torchrun/deepspeed for many ranks).",
     ),
     "export": ("distill.export", "Write a run's student as a RadioWithAdaptors folder (with adaptor heads)."),
+    "save-teacher": (
+        "distill.save_teacher",
+        "Write a tiny twin teacher's whole model (text tower, SAM decoder) for radio-vlm eval.",
+    ),
 }
 
 

@@ -17,13 +17,14 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import image_utils
+
+from radio_vlm.evaluation.sam import SAM_ARCHS, build_sam
 
 # Normalisation constants, as the teachers were trained (transformers.image_utils: OpenAI CLIP's; ImageNet's for
 # DINOv2 and SAM, whose build_sam.py pixel_mean/std are these x 255; 0.5 for SigLIP's image processor)
@@ -211,21 +212,20 @@ def _require_source(spec: TeacherSpec, kind: str) -> Path:
     return path
 
 
-def _load_open_clip(spec: TeacherSpec) -> nn.Module:
+def _open_clip_model(spec: TeacherSpec) -> nn.Module:
+    """The whole open_clip model (image and text towers)."""
     import open_clip
 
     overrides = dict(spec.config or {})  # architecture overrides of the built-in config `spec.arch`
     if spec.random_init:
-        model = open_clip.create_model(spec.arch, load_weights=False, **overrides)
-    elif spec.source is not None and spec.source.startswith("local-dir:"):
+        return open_clip.create_model(spec.arch, load_weights=False, **overrides)
+    if spec.source is not None and spec.source.startswith("local-dir:"):
         _require_source(spec, "a folder with open_clip_config.json and open_clip weights")
-        model = open_clip.create_model(spec.source, weights_only=True)
-    else:
-        path = _require_source(spec, f"an open_clip weights file for {spec.arch!r}")
-        model = open_clip.create_model(
-            spec.arch, pretrained=str(path), weights_only=True, require_pretrained=True, **overrides
-        )
-    return _OpenClipVisual(model.visual)
+        return open_clip.create_model(spec.source, weights_only=True)
+    path = _require_source(spec, f"an open_clip weights file for {spec.arch!r}")
+    return open_clip.create_model(
+        spec.arch, pretrained=str(path), weights_only=True, require_pretrained=True, **overrides
+    )
 
 
 def _hf_class(loader: str) -> type:
@@ -239,35 +239,22 @@ def _hf_class(loader: str) -> type:
     }[loader]
 
 
-def _load_hf(spec: TeacherSpec) -> nn.Module:
+def _hf_model(spec: TeacherSpec) -> nn.Module:
     cls = _hf_class(spec.loader)
     if spec.random_init:
-        model = cls(cls.config_class(**spec.config))
-    else:
-        path = _require_source(
-            spec, f"a local Hugging Face folder for {cls.__name__} (config.json + weights)"
+        return cls(cls.config_class(**spec.config))
+    path = _require_source(spec, f"a local Hugging Face folder for {cls.__name__} (config.json + weights)")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"teacher {spec.name!r}: {path} has no config.json; point source at a folder written by "
+            f"save_pretrained (e.g. a snapshot of the model's Hub repo)"
         )
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"teacher {spec.name!r}: {path} has no config.json; point source at a folder written by "
-                f"save_pretrained (e.g. a snapshot of the model's Hub repo)"
-            )
-        model = cls.from_pretrained(path)  # also reads the vision tower of full CLIPModel/SiglipModel folders
-    return _HFVision(model, spec.loader)
+    return cls.from_pretrained(path)  # also reads the vision tower of full CLIPModel/SiglipModel folders
 
 
-# ImageEncoderViT arguments shared by every SAM size (segment_anything/build_sam.py, _build_sam).
-_SAM_FIXED = {
-    "mlp_ratio": 4,
-    "qkv_bias": True,
-    "use_rel_pos": True,
-    "norm_layer": partial(nn.LayerNorm, eps=1e-6),
-}
-
-
-def _load_sam(spec: TeacherSpec) -> nn.Module:
-    from segment_anything.modeling import ImageEncoderViT
-
+def _sam_model(spec: TeacherSpec) -> nn.Module:
+    """segment_anything's whole `Sam` (image encoder, prompt encoder, mask decoder) at the spec's encoder size;
+    a checkpoint's encoder weights are loaded (the teacher only runs the encoder)."""
     from radio_vlm.convert import read_state_dict
 
     path = (
@@ -275,7 +262,7 @@ def _load_sam(spec: TeacherSpec) -> nn.Module:
         if spec.random_init
         else _require_source(spec, "a segment_anything checkpoint (.pth/.safetensors)")
     )
-    encoder = ImageEncoderViT(**_SAM_FIXED, **spec.config)
+    sam = build_sam(spec.config)
     if path is not None:
         state = read_state_dict(path)
         # Full SAM checkpoints prefix the encoder with "image_encoder."; encoder-only ones do not.
@@ -285,18 +272,25 @@ def _load_sam(spec: TeacherSpec) -> nn.Module:
                 for k, v in state.items()
                 if k.startswith("image_encoder.")
             }
-        encoder.load_state_dict(state)
-    return _SamEncoder(encoder)
+        sam.image_encoder.load_state_dict(state)
+    return sam
 
 
-_LOADER_FNS: dict[str, Callable[[TeacherSpec], nn.Module]] = {
-    "open_clip": _load_open_clip,
-    "hf_clip": _load_hf,
-    "hf_siglip": _load_hf,
-    "hf_dinov2": _load_hf,
-    "hf_dinov2_reg": _load_hf,
-    "segment_anything": _load_sam,
+# loader -> (the library's whole model, the image tower the teacher runs)
+_LOADERS: dict[str, tuple[Callable[[TeacherSpec], nn.Module], Callable[[nn.Module, str], nn.Module]]] = {
+    "open_clip": (_open_clip_model, lambda model, _: _OpenClipVisual(model.visual)),
+    "segment_anything": (_sam_model, lambda model, _: _SamEncoder(model.image_encoder)),
+    **{kind: (_hf_model, _HFVision) for kind in ("hf_clip", "hf_siglip", "hf_dinov2", "hf_dinov2_reg")},
 }
+
+
+def build_teacher_model(spec: TeacherSpec) -> nn.Module:
+    """The whole model of `spec` as its library builds it (open_clip CLIP with its text tower, segment_anything
+    Sam with prompt encoder and mask decoder, the HF model), deterministic for tiny twins (seeded by spec.seed,
+    the caller's RNG untouched). `load_teacher` runs the image tower of exactly this model."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        return _LOADERS[spec.loader][0](spec)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -384,20 +378,12 @@ def load_teacher(
         spec = get_teacher_spec(spec)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or default_teacher_dtype(device)
-    with torch.random.fork_rng(devices=[]):  # tiny twins are deterministic and leave the caller's RNG alone
-        torch.manual_seed(spec.seed)
-        backbone = _LOADER_FNS[spec.loader](spec)
+    backbone = _LOADERS[spec.loader][1](build_teacher_model(spec), spec.loader)
     return Teacher(spec, backbone.to(device=device, dtype=dtype))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Registered teachers: the paper's (AM-RADIO section 4) and one tiny twin per loader kind.
-
-
-def _sam_config(embed_dim: int, depth: int, num_heads: int, global_attn_indexes: tuple[int, ...]) -> dict:
-    """Per-size SAM image encoder arguments (segment_anything/build_sam.py, build_sam_vit_{h,l,b})."""
-    return {"img_size": 1024, "patch_size": 16, "window_size": 14, "out_chans": 256, "embed_dim": embed_dim,
-            "depth": depth, "num_heads": num_heads, "global_attn_indexes": global_attn_indexes}  # fmt: skip
 
 
 _PAPER_TEACHERS = [
@@ -418,11 +404,11 @@ _PAPER_TEACHERS = [
                 "cls", "patch_tokens", 1536, 1536),
     # SAM ViTDet-H/L/B at 1024 px (sam_vit_{h,l,b}_*.pth): features before the neck, no summary.
     TeacherSpec("sam_vith", "segment_anything", 1024, 16, IMAGENET_MEAN, IMAGENET_STD,
-                None, "patch_tokens", None, 1280, config=_sam_config(1280, 32, 16, (7, 15, 23, 31))),
+                None, "patch_tokens", None, 1280, config=SAM_ARCHS["vit_h"]),
     TeacherSpec("sam_vitl", "segment_anything", 1024, 16, IMAGENET_MEAN, IMAGENET_STD,
-                None, "patch_tokens", None, 1024, config=_sam_config(1024, 24, 16, (5, 11, 17, 23))),
+                None, "patch_tokens", None, 1024, config=SAM_ARCHS["vit_l"]),
     TeacherSpec("sam_vitb", "segment_anything", 1024, 16, IMAGENET_MEAN, IMAGENET_STD,
-                None, "patch_tokens", None, 768, config=_sam_config(768, 12, 12, (2, 5, 8, 11))),
+                None, "patch_tokens", None, 768, config=SAM_ARCHS["vit_b"]),
 ]  # fmt: skip
 
 # Tiny twins: hidden 32, 2 layers, each at its own resolution and patch size so tests see mismatched grids.
@@ -432,7 +418,7 @@ _TINY_TEACHERS = [
                 "image_embeds", "patch_tokens", 24, 32, arch="ViT-B-16", random_weights=True,
                 config={"embed_dim": 24,
                         "vision_cfg": {"image_size": 64, "patch_size": 16, "width": 32, "layers": 2, "head_width": 16},
-                        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}),
+                        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}),
     TeacherSpec("tiny_hf_clip", "hf_clip", 48, 12, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
                 "image_embeds", "patch_tokens", 24, 32, seed=1, random_weights=True,
                 config={**_TINY_VIT, "intermediate_size": 64, "image_size": 48, "patch_size": 12,

@@ -27,6 +27,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("radio_vlm.demo.data", "write the synthetic benchmark (LLaVA + official eval formats)"),
     "features": ("radio_vlm.features", "summary and dense features of images, saved as safetensors"),
     "visualize": ("radio_vlm.visualize", "PCA picture of an image's dense features (AM-RADIO Figure 1)"),
+    "eval": (
+        "radio_vlm.evaluation.cli",
+        "benchmark a vision model: k-NN, zero-shot, linear-probe segmentation, SAM drop-in, report",
+    ),
     "demo": (
         "radio_vlm.demo.driver",
         "the whole pipeline on a CPU: demo data, distil, LLaVA pretrain + fine-tune, 4 benchmarks vs blind",

@@ -1,0 +1,62 @@
+"""`radio-distill save-teacher NAME OUT`: a tiny twin teacher's whole model, written where `radio-vlm eval` reads it.
+
+Tiny twins are built from their seed and exist nowhere on disk; evaluating a student distilled from them
+needs the same teacher: the open_clip text tower for `eval zero-shot --text-tower OUT`, SAM's prompt encoder
+and mask decoder for `eval sam --sam-checkpoint OUT`. The model written is exactly the one
+`load_teacher(NAME)` runs (same seed), in its library's own format:
+
+- open_clip: OUT/open_clip_config.json + open_clip_model.safetensors (loads with open_clip's "local-dir:");
+- segment_anything: OUT/sam_config.json + model.safetensors (radio_vlm.evaluation.sam.load_sam);
+- transformers: save_pretrained.
+
+Real teachers are on disk already (their `source`): pass that to `radio-vlm eval` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from distill.teachers import TeacherSpec, build_teacher_model, get_teacher_spec
+from radio_vlm.evaluation.sam import save_sam
+
+
+def save_teacher(spec: TeacherSpec | str, out: str | Path) -> Path:
+    """Write the tiny twin `spec` (or its registered name) to the folder `out`; returns `out`."""
+    if isinstance(spec, str):
+        spec = get_teacher_spec(spec)
+    if not spec.random_init:
+        raise ValueError(
+            f"teacher {spec.name!r} loads from {spec.source!r}: pass that to radio-vlm eval directly "
+            "(save-teacher writes tiny twins, which have no file of their own)"
+        )
+    out = Path(out)
+    model = build_teacher_model(spec)
+    if spec.loader == "segment_anything":
+        return save_sam(model, spec.config, out)
+    out.mkdir(parents=True, exist_ok=True)
+    if spec.loader == "open_clip":
+        import open_clip
+        from safetensors.torch import save_file
+
+        model_cfg = {**open_clip.get_model_config(spec.arch), **dict(spec.config)}
+        preprocess = {"size": spec.resolution, "mean": list(spec.mean), "std": list(spec.std)}
+        config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
+        (out / "open_clip_config.json").write_text(json.dumps(config, indent=1))
+        weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, str(out / "open_clip_model.safetensors"))
+    else:
+        model.save_pretrained(out)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="registered tiny teacher, e.g. tiny_clip or tiny_sam")
+    parser.add_argument("out", help="folder to write the teacher to")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = save_teacher(args.name, args.out)
+    print(f"wrote teacher {args.name} to {out}")
+    return 0
