@@ -1,12 +1,12 @@
-"""`radio-distill save-teacher NAME OUT`: a tiny twin teacher's whole model, written where `radio-vlm eval` reads it.
+"""`radio-distill save-teacher NAME... --out DIR`: tiny twin teachers' whole models (DIR/NAME), for `radio-vlm eval`.
 
 Tiny twins are built from their seed and exist nowhere on disk; evaluating a student distilled from them
-needs the same teacher: the open_clip text tower for `eval zero-shot --text-tower OUT`, SAM's prompt encoder
-and mask decoder for `eval sam --sam-checkpoint OUT`. The model written is exactly the one
+needs the same teacher: the open_clip text tower for `eval zero-shot --text-tower DIR/NAME`, SAM's prompt
+encoder and mask decoder for `eval sam --sam-checkpoint DIR/NAME`. The model written is exactly the one
 `load_teacher(NAME)` runs (same seed), in its library's own format:
 
-- open_clip: OUT/open_clip_config.json + open_clip_model.safetensors (loads with open_clip's "local-dir:");
-- segment_anything: OUT/sam_config.json + model.safetensors (radio_vlm.evaluation.sam.load_sam);
+- open_clip: open_clip_config.json + open_clip_model.safetensors (loads with open_clip's "local-dir:");
+- segment_anything: sam_config.json + model.safetensors (radio_vlm.evaluation.sam.load_sam);
 - transformers: save_pretrained.
 
 Real teachers are on disk already (their `source`): pass that to `radio-vlm eval` directly.
@@ -52,11 +52,11 @@ def save_teacher(spec: TeacherSpec | str, out: str | Path) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", help="registered tiny teacher, e.g. tiny_clip or tiny_sam")
-    parser.add_argument("out", help="folder to write the teacher to")
+    parser.add_argument("names", nargs="+", help="registered tiny teachers, e.g. tiny_clip tiny_sam")
+    parser.add_argument("--out", required=True, help="folder to write each teacher to, as OUT/NAME")
 
 
 def run(args: argparse.Namespace) -> int:
-    out = save_teacher(args.name, args.out)
-    print(f"wrote teacher {args.name} to {out}")
+    for name in args.names:
+        print(f"wrote teacher {name} to {save_teacher(name, Path(args.out) / name)}")
     return 0

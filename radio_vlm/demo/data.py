@@ -4,15 +4,18 @@
 landscape, square), each with a few coloured shapes in left / middle / right slots and a short word rendered
 across the top, and writes from them:
 
-    DIR/train/images/*.png               training images (disjoint from every test image)
+    DIR/train/images/*.png               training images (no test image repeats a training scene's content)
     DIR/train/pretrain.json              captions in LLaVA's blip_laion_cc_sbu_558k format
     DIR/train/finetune.json              conversations in LLaVA's llava_v1_5_mix665k format (+ text-only)
     DIR/eval/gqa/...                     testdev_balanced_questions.json + llava_gqa_testdev_balanced.jsonl
     DIR/eval/textvqa/...                 TextVQA_0.5.1_val.json + llava_textvqa_val_v051_ocr.jsonl
     DIR/eval/pope/...                    coco/coco_pope_{adversarial,popular,random}.json + llava_pope_test.jsonl
     DIR/eval/vqav2/...                   v2_mscoco_val2014_{annotations,OpenEnded questions}.json + llava jsonl
+    DIR/vision/...                       classification, segmentation and COCO sets for `radio-vlm eval`
 
-Everything is a deterministic function of the seed. Answers depend only on the image (never on the text of
+The split is honest: a test scene differs from every training scene in its word, shapes, colours, count or
+slots (image size and background grey do not count), so a model that memorised the training images gains
+nothing on the test sets. Everything is a deterministic function of the seed. Answers depend only on the image (never on the text of
 the question alone), so a model that ignores the image scores near chance: the demo's blind baseline.
 """
 
@@ -55,6 +58,15 @@ class Scene:
     def shapes(self) -> set[str]:
         return {shape for _, shape, _ in self.objects}
 
+    def content(self) -> tuple:
+        """What a model could memorise: the word and every (slot, shape, colour), so the count too; the image
+        size and background grey are left out (a resized or re-greyed copy is still the same scene)."""
+        return (self.word, self.objects)
+
+
+# Distinct contents sample_scene can draw: words x slot subsets (3 + 3 + 1) x one shape x one colour.
+NUM_CONTENTS = len(WORDS) * 7 * len(SHAPES) * len(COLORS)
+
 
 def sample_scene(rng: random.Random) -> Scene:
     """1-3 copies of one coloured shape: every question is about a property of the whole image, which a
@@ -69,7 +81,7 @@ def sample_scene(rng: random.Random) -> Scene:
     return Scene(width, height, (gray, gray, gray), rng.choice(WORDS), tuple(zip(slots, shapes, colors)))
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float], fill) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float], fill) -> None:
     x0, y0, x1, y1 = box
     cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
     if shape == "circle":
@@ -86,20 +98,28 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, 
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
-def render_scene(scene: Scene) -> Image.Image:
-    """Draw `scene`: the word in the top third, the shapes in their slots below it."""
-    image = Image.new("RGB", (scene.width, scene.height), scene.background)
-    draw = ImageDraw.Draw(image)
+def scene_layout(scene: Scene) -> tuple[ImageFont.ImageFont, tuple[float, float], list[tuple]]:
+    """Where `render_scene` draws: (font, centre of the word, [(shape, box, color) per object]); the word in the
+    top third, the shapes in their slots below it."""
     text_h = scene.height / 3
     font = ImageFont.load_default(size=max(10, int(text_h * 0.8)))
-    draw.text((scene.width / 2, text_h / 2), scene.word, fill=(20, 20, 20), font=font, anchor="mm")
     slot_w = scene.width / len(SLOTS)
     size = min(slot_w, scene.height - text_h) * 0.8
+    shapes = []
     for slot, shape, color in scene.objects:
         cx = slot_w * (SLOTS.index(slot) + 0.5)
         cy = text_h + (scene.height - text_h) / 2
-        box = (cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2)
-        _draw_shape(draw, shape, box, COLORS[color])
+        shapes.append((shape, (cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2), color))
+    return font, (scene.width / 2, text_h / 2), shapes
+
+
+def render_scene(scene: Scene) -> Image.Image:
+    image = Image.new("RGB", (scene.width, scene.height), scene.background)
+    draw = ImageDraw.Draw(image)
+    font, text_xy, shapes = scene_layout(scene)
+    draw.text(text_xy, scene.word, fill=(20, 20, 20), font=font, anchor="mm")
+    for shape, box, color in shapes:
+        draw_shape(draw, shape, box, COLORS[color])
     return image
 
 
@@ -138,21 +158,33 @@ def qa_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
 
 
 class _Writer:
-    """Renders new scenes into an image folder; a scene in `exclude` (the training set's) is drawn again."""
+    """Renders new scenes into an image folder. A test set's writer gets the training scenes' contents as
+    `exclude` and draws again whenever a scene's content is one of them, so no test image shows a scene a
+    training image shows (the honest split: a test scene differs from every training scene in word, shapes,
+    colours, count or slots)."""
 
-    def __init__(
-        self, folder: Path, rng: random.Random, exclude: set[Scene] | frozenset[Scene] = frozenset()
-    ):
+    def __init__(self, folder: Path, rng: random.Random, exclude: set[tuple] | frozenset[tuple] = frozenset()):
+        if len(exclude) >= NUM_CONTENTS:
+            raise ValueError(
+                f"the training images show all {NUM_CONTENTS} possible scene contents, so no test scene can "
+                "differ from them: lower num_train"
+            )
         self.folder, self.rng, self.exclude = folder, rng, exclude
-        self.drawn: set[Scene] = set()
+        self.drawn: list[Scene] = []
         folder.mkdir(parents=True, exist_ok=True)
 
-    def new(self, name: str) -> Scene:
+    def draw(self) -> Scene:
+        """The next scene of the stream whose content is not excluded."""
         scene = sample_scene(self.rng)
-        while scene in self.exclude:
+        while scene.content() in self.exclude:
             scene = sample_scene(self.rng)
+        self.drawn.append(scene)
+        return scene
+
+    def new(self, name: str) -> Scene:
+        """Draw a scene and save its image as `name` in the folder."""
+        scene = self.draw()
         render_scene(scene).save(self.folder / name)
-        self.drawn.add(scene)
         return scene
 
 
@@ -176,8 +208,9 @@ def _ten(answer: str, rng: random.Random, alternative: str | None = None) -> lis
 
 def write_training_set(
     out: Path, rng: random.Random, num_images: int, turns_per_conversation: int = 2
-) -> set[Scene]:
-    """Returns the training scenes, which the test sets must not repeat. Each image's questions are split
+) -> list[Scene]:
+    """Returns the training scenes (image i shows scene i), which the test sets must not repeat. Each image's
+    questions are split
     into conversations of `turns_per_conversation` turns: short conversations keep every answer close to
     its image, as in the single-turn test prompts (a tiny LLM learns the image path much faster so)."""
     writer = _Writer(out / "images", rng)
@@ -217,7 +250,7 @@ def write_training_set(
     return writer.drawn
 
 
-def write_gqa(out: Path, rng: random.Random, num_questions: int, exclude: set[Scene]) -> None:
+def write_gqa(out: Path, rng: random.Random, num_questions: int, exclude: set[tuple]) -> None:
     writer = _Writer(out / "images", rng, exclude)
     annotations, questions = {}, []
     for i in range(num_questions):
@@ -250,7 +283,7 @@ def write_gqa(out: Path, rng: random.Random, num_questions: int, exclude: set[Sc
     _dump_jsonl(out / "llava_gqa_testdev_balanced.jsonl", questions)
 
 
-def write_textvqa(out: Path, rng: random.Random, num_questions: int, exclude: set[Scene]) -> None:
+def write_textvqa(out: Path, rng: random.Random, num_questions: int, exclude: set[tuple]) -> None:
     writer = _Writer(out / "train_images", rng, exclude)
     data, questions = [], []
     for i in range(num_questions):
@@ -283,7 +316,7 @@ def write_textvqa(out: Path, rng: random.Random, num_questions: int, exclude: se
     _dump_jsonl(out / "llava_textvqa_val_v051_ocr.jsonl", questions)
 
 
-def write_pope(out: Path, rng: random.Random, num_questions: int, exclude: set[Scene]) -> None:
+def write_pope(out: Path, rng: random.Random, num_questions: int, exclude: set[tuple]) -> None:
     """POPE: balanced yes/no questions about object presence, three negative-sampling categories."""
     writer = _Writer(out / "val2014", rng, exclude)
     counts = {s: 0 for s in SHAPES}
@@ -323,7 +356,7 @@ def write_pope(out: Path, rng: random.Random, num_questions: int, exclude: set[S
     _dump_jsonl(out / "llava_pope_test.jsonl", llava_rows)
 
 
-def write_vqav2(out: Path, rng: random.Random, num_questions: int, exclude: set[Scene]) -> None:
+def write_vqav2(out: Path, rng: random.Random, num_questions: int, exclude: set[tuple]) -> None:
     writer = _Writer(out / "val2014", rng, exclude)
     annotations, vqa_questions, llava_rows = [], [], []
     for i in range(num_questions):
@@ -391,17 +424,23 @@ def make_demo_data(
     num_train: int = 1200,
     num_test: int = 240,
     turns_per_conversation: int = 2,
+    num_vision: int = 120,
 ) -> Path:
     """Write the whole synthetic benchmark under `out`; each part gets its own seeded stream, and no test
-    image shows a scene that a training image shows."""
+    image shows a scene content that a training image shows. DIR/vision holds the sets of
+    `radio-vlm eval` (see `vision_data`), `num_vision` validation images for classification."""
+    from .vision_data import write_vision_sets
+
     out = Path(out)
     train = write_training_set(
         out / "train", random.Random(f"{seed}-train"), num_train, turns_per_conversation
     )
-    write_gqa(out / "eval" / "gqa", random.Random(f"{seed}-gqa"), num_test, train)
-    write_textvqa(out / "eval" / "textvqa", random.Random(f"{seed}-textvqa"), num_test, train)
-    write_pope(out / "eval" / "pope", random.Random(f"{seed}-pope"), num_test, train)
-    write_vqav2(out / "eval" / "vqav2", random.Random(f"{seed}-vqav2"), num_test, train)
+    contents = {scene.content() for scene in train}
+    write_gqa(out / "eval" / "gqa", random.Random(f"{seed}-gqa"), num_test, contents)
+    write_textvqa(out / "eval" / "textvqa", random.Random(f"{seed}-textvqa"), num_test, contents)
+    write_pope(out / "eval" / "pope", random.Random(f"{seed}-pope"), num_test, contents)
+    write_vqav2(out / "eval" / "vqav2", random.Random(f"{seed}-vqav2"), num_test, contents)
+    write_vision_sets(out / "vision", seed, train, out / "train" / "images", contents, num_vision)
     return out
 
 
@@ -415,9 +454,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-test", type=int, default=240, help="questions per benchmark (>= 200 for the demo)"
     )
+    parser.add_argument(
+        "--num-vision", type=int, default=120, help="validation images of the classification set (DIR/vision)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    out = make_demo_data(args.out, args.seed, args.num_train, args.num_test, args.turns_per_conversation)
+    out = make_demo_data(
+        args.out, args.seed, args.num_train, args.num_test, args.turns_per_conversation, args.num_vision
+    )
     print(f"wrote the synthetic benchmark to {out}")
     return 0

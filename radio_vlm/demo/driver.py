@@ -10,7 +10,10 @@ DIR/logs/<stage>.log):
 2. `radio-distill train` + `radio-distill export`: a tiny RADIO distilled from tiny CLIP / DINOv2 / SAM
    teachers on the training images, written as a RadioWithAdaptors folder (DIR/student);
 3. `AutoModel.from_pretrained(DIR/student)`: the student loads like any Hugging Face model; its token
-   counts on the test images and the PCA picture of its features on one of them;
+   counts on the test images and the PCA picture of its features on one of them; then the paper's vision
+   benchmark (`radio-vlm eval knn / seg-probe / zero-shot / sam` on DIR/data/vision) of the student and of
+   the same architecture untrained (`--random-init`), with the tiny teachers written by
+   `radio-distill save-teacher` for the zero-shot and SAM agreement;
 4. `radio-llava train --stage pretrain`, then `--stage finetune`: a tiny LLaVA with the student as vision
    tower; beside it the same two stages on a copy of the images with every pixel blanked (the blind
    baseline), the two sides running at the same time on half the cores each;
@@ -34,14 +37,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 
+from ..cli import main as radio_vlm_main
 from .data import make_demo_data
 from .report import (
     BENCHMARKS,
     benchmark_score,
     mean_image_tokens,
     student_check,
+    vision_results,
     write_results,
     write_side_by_side,
 )
@@ -49,6 +55,9 @@ from .stages import Stage, blank_images, run_stages
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo" / "demo.yaml"
 SIDES = ("image", "blind")  # the model that sees the images, and the blind baseline
+# The vision benchmark's two models: the distilled student and the same architecture untrained (the
+# distillation's own starting weights: `--random-init` with the distill config's seed 0)
+VISION_SIDES = {"student": [], "random init": ["--random-init"]}
 # Benchmark -> (LLaVA question file, image folder), relative to DIR/data/eval/<benchmark> (demo_data layout)
 QUESTIONS = {
     "gqa": ("llava_gqa_testdev_balanced.jsonl", "images"),
@@ -64,7 +73,7 @@ def load_demo_config(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"demo config {path} not found; pass --config (see configs/demo/demo.yaml)")
     config = yaml.safe_load(path.read_text())
-    for section in ("data", "distill", "llava"):
+    for section in ("data", "distill", "vision", "llava"):
         if not isinstance(config.get(section), dict):
             raise ValueError(f"{path}: section {section!r} is missing (see configs/demo/demo.yaml)")
     distill_config = path.parent / config["distill"]["config"]
@@ -208,6 +217,37 @@ def _score(score_files: dict, side: str, benchmark: str) -> float:
     return benchmark_score(benchmark, json.loads(score_files[side, benchmark].read_text()))
 
 
+def run_vision_eval(vision: dict, data: Path, student: Path, teachers: Path, out: Path) -> None:
+    """`radio-vlm eval` of the student and of its untrained architecture: k-NN and seg-probe on both, zero-shot
+    and SAM agreement with the teachers on both (the random side shows what chance agreement looks like).
+
+    Each is the command a user types, run in this process (radio_vlm's own CLI): eight interpreter start-ups
+    would cost more than the evaluations themselves."""
+    zero_shot, sam = vision["zero_shot"], vision["sam"]
+    protocols = {
+        "knn": ["knn", "--train", str(data / "classify" / "train"), "--val", str(data / "classify" / "val"),
+                *flags(vision.get("knn") or {})],
+        "seg-probe": ["seg-probe", "--data", str(data / "segmentation"), "--format", "ade20k",
+                      *flags(vision.get("seg_probe") or {})],
+        "zero-shot": ["zero-shot", "--adaptor", zero_shot["adaptor"], "--text-tower", str(teachers / zero_shot["teacher"]),
+                      "--val", str(data / "classify" / "val"), "--classnames", "folders", "--agreement-with-teacher",
+                      *flags(zero_shot.get("flags") or {})],
+        "sam": ["sam", "--adaptor", sam["adaptor"], "--sam-checkpoint", str(teachers / sam["teacher"]),
+                "--coco", str(data / "coco"), "--agreement-with-teacher", *flags(sam.get("flags") or {})],
+    }  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is as fast, and immune to a busy machine's spinning
+    try:
+        for side, extra in VISION_SIDES.items():
+            for protocol, argv in protocols.items():
+                run = ["eval", *argv, "--model", str(student), "--out", str(out / side / protocol), "--name", side,
+                       "--workers", "0", *extra]  # fmt: skip
+                print(f"[vision] $ radio-vlm {' '.join(run)}", flush=True)
+                radio_vlm_main(run)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_demo(out_dir: str | Path, config_path: str | Path = DEFAULT_CONFIG) -> dict:
     """Run the whole demo into `out_dir`; returns the results dict written to results.json."""
     start = time.perf_counter()
@@ -223,7 +263,7 @@ def run_demo(out_dir: str | Path, config_path: str | Path = DEFAULT_CONFIG) -> d
     # ---- 1-2. the synthetic benchmark (and its blanked twin for the blind baseline), the student
     data, run_dir, student_dir = _data_and_student(out, config, timings, timed)
     t0 = time.perf_counter()
-    blanked = blank_images(data, out / "blind_data")
+    blanked = sum(blank_images(data / part, out / "blind_data" / part) for part in ("train", "eval"))
     for name in ("pretrain.json", "finetune.json"):
         (out / "blind_data" / "train" / name).write_bytes((data / "train" / name).read_bytes())
     timings["data"] += time.perf_counter() - t0
@@ -233,6 +273,15 @@ def run_demo(out_dir: str | Path, config_path: str | Path = DEFAULT_CONFIG) -> d
     t0 = time.perf_counter()
     check = student_check(student_dir, data / "eval", llava["long_edge"], out / "pca.png")
     timings["load_check"] = time.perf_counter() - t0
+    vision, teachers = config["vision"], out / "teachers"
+    save = ["-m", "distill", "save-teacher", vision["zero_shot"]["teacher"], vision["sam"]["teacher"]]
+    timed(
+        "save_teachers",
+        [Stage("save-teachers", [*save, "--out", str(teachers)], out / "logs" / "save_teachers.log")],
+    )
+    t0, vision_dir = time.perf_counter(), out / "vision_eval"
+    run_vision_eval(vision, data / "vision", student_dir, teachers, vision_dir)
+    timings["vision_eval"] = time.perf_counter() - t0
 
     # ---- 4-5. LLaVA on the images and blind, side by side: train, answer, score
     size = ("--long-edge", str(llava["long_edge"]))
@@ -251,6 +300,7 @@ def run_demo(out_dir: str | Path, config_path: str | Path = DEFAULT_CONFIG) -> d
         "benchmarks": scores,
         "tokens_per_image": {"mean": check["mean_tokens"], "clip_336": 576},
         "distill": json.loads((run_dir / "final_metrics.json").read_text()),
+        "vision": vision_results(vision_dir, list(VISION_SIDES)),
         "wall_seconds": time.perf_counter() - start,
     }
     runs = {side: out / "llava" / side for side in SIDES}

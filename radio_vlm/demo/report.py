@@ -6,6 +6,9 @@ results.json of `make demo` (the schema of issue 6):
                     "vqav2": {...}},                       # 0..100; POPE: accuracy over its 3 categories
      "tokens_per_image": {"mean": float, "clip_336": 576}, # mean over the test images, at the demo's long edge
      "distill": {...},                                     # the distillation run's final_metrics.json
+     "vision": {"knn_top1": {"student": float, "random init": float}, "seg_probe_miou": {...},
+                "zero_shot_agreement": {...}, "zero_shot_logit_correlation": {...},
+                "sam_agreement_miou": {...}},                # radio-vlm eval, 0..100
      "wall_seconds": float}
 
 results.json of `--variant token-budget`: {"variant": "token-budget", "sides": {name: {"settings": the side's
@@ -20,6 +23,7 @@ from pathlib import Path
 import PIL.Image
 import torch
 
+from ..evaluation.report import write_report
 from ..features import encode_images, load_model_and_processor
 from ..models.configuration_radio_with_adaptors import RadioWithAdaptorsConfig
 from ..models.image_io import load_image
@@ -33,6 +37,37 @@ PCA_IMAGE = "gqa/images/n100000.jpg"
 SIDE_COLORS = ("tab:blue", "tab:gray", "tab:orange", "tab:green")  # image, blind (or the token budgets)
 # `radio-llava train` flags of a demo side that decide its token count -> RadioImageProcessor setting
 TOKEN_FLAGS = {"long-edge": "long_edge", "token-merge": "token_merge", "max-image-tokens": "max_image_tokens"}
+
+
+# The demo's vision rows: results.json key -> (row label, eval protocol, metrics key)
+VISION_ROWS = {
+    "knn_top1": ("k-NN top-1 (shape classes)", "knn", "top1"),
+    "seg_probe_miou": ("seg-probe mIoU (shapes + word)", "seg-probe", "miou"),
+    "zero_shot_agreement": ("zero-shot agreement with the CLIP teacher", "zero-shot", "agreement"),
+    "zero_shot_logit_correlation": ("zero-shot logit correlation with the CLIP teacher", "zero-shot", "logit_correlation"),
+    "sam_agreement_miou": ("SAM mIoU against the SAM teacher's masks", "sam", "agreement_miou"),
+}
+
+
+def vision_results(eval_dir: Path, sides: list[str]) -> dict:
+    """{results key: {side: value}} from the `radio-vlm eval` runs in eval_dir/<side>/<protocol>; also writes
+    the side-by-side eval_dir/report.md and report.png (`radio-vlm eval report`)."""
+    results = {}
+    for key, (_, protocol, metric) in VISION_ROWS.items():
+        runs = {side: json.loads((eval_dir / side / protocol / "metrics.json").read_text()) for side in sides}
+        results[key] = {side: run["metrics"][metric] for side, run in runs.items()}
+    write_report([eval_dir / side for side in sides], eval_dir)
+    return results
+
+
+def vision_table(results: dict) -> str:
+    """The vision rows as a Markdown table, one column per evaluated model."""
+    sides = list(next(iter(results["vision"].values())))
+    rows = ["| vision benchmark | " + " | ".join(sides) + " |", "|---|" + "---:|" * len(sides)]
+    for key, (label, _, _) in VISION_ROWS.items():
+        values = results["vision"][key]
+        rows.append(f"| {label} | " + " | ".join(f"{values[side]:.1f}" for side in sides) + " |")
+    return "\n".join(rows)
 
 
 def benchmark_score(benchmark: str, metrics: dict) -> float:
@@ -163,7 +198,7 @@ def write_results(
     distill_rows = "\n".join(
         f"| {name} | {_cos(m['summary_cos'])} | {_cos(m['features_cos'])} |" for name, m in teachers.items()
     )
-    text = table(results)
+    text = table(results) + "\n\n" + vision_table(results)
     markdown = f"""# radio-vlm demo results
 
 {text}
@@ -172,6 +207,10 @@ Scores in 0..100 on {config["data"]["num_test"]} questions per benchmark (VQAv2 
 GQA: exact match; POPE: accuracy). "blind" is the same LLaVA trained and evaluated with every image blanked.
 Image tokens: {results["tokens_per_image"]["mean"]:.1f} per test image at long edge
 {config["llava"]["long_edge"]} px (a 336 px CLIP: 576).
+
+The vision rows are `radio-vlm eval` on DIR/data/vision (vision_eval/report.md): the distilled student
+and the same architecture untrained (the distillation's starting weights); agreement compares each model
+driving the teacher's head (CLIP text tower, SAM decoder) with the teacher itself.
 
 Distillation (held-out cosine similarity of the student's heads with each teacher):
 

@@ -63,8 +63,9 @@ def knn_votes(
     num_classes: int,
     temperature: float = TEMPERATURE,
 ) -> torch.Tensor:
-    """(Q, num_classes) class votes: sum over the neighbours of each class of exp(similarity / temperature)."""
-    weights = torch.exp(similarities.float() / temperature)
+    """(Q, num_classes) float64 class votes: sum over the neighbours of each class of exp(similarity / temperature)
+    (float64: a low temperature overflows float32, e^(1 / 0.01) > 3.4e38)."""
+    weights = torch.exp(similarities.double() / temperature)
     votes = torch.zeros(similarities.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
     return votes.scatter_add_(1, neighbour_labels, weights)
 

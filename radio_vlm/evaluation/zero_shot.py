@@ -15,8 +15,10 @@ An image's logits are its normalised adaptor summary times the class embeddings;
 - a Hugging Face CLIP or SigLIP folder (config.json + weights + tokenizer files), through transformers.
 
 `--agreement-with-teacher` also runs the teacher's image tower (with its own preprocessing) on the same
-images and reports how often student and teacher predict the same class: a measure of how faithfully the
-adaptor reproduces the teacher, meaningful even when the teacher itself is random.
+images and reports how often student and teacher predict the same class, and the correlation of their logits
+across images (x 100): measures of how faithfully the adaptor reproduces the teacher, meaningful even when
+the teacher itself is random (a random teacher may predict one class everywhere, which makes agreement
+trivial; `teacher_classes_predicted` says so, and the correlation still measures the fidelity).
 """
 
 from __future__ import annotations
@@ -182,6 +184,17 @@ def teacher_embeddings(run: Run, tower: TextTower, paths: list[str]) -> tuple[to
     )
 
 
+def logit_correlation(student: torch.Tensor, teacher: torch.Tensor) -> float | None:
+    """Mean over classes of the Pearson correlation, across images, of student and teacher logits (N, classes).
+
+    Unlike agreement it does not need the teacher's predictions to vary: a random teacher whose argmax is the
+    same class for every image still has image-dependent logits, which a faithful student reproduces."""
+    a, b = student - student.mean(0), teacher - teacher.mean(0)
+    norms = a.norm(dim=0) * b.norm(dim=0)
+    keep = norms > 0
+    return ((a * b).sum(0)[keep] / norms[keep]).mean().item() if keep.any() else None
+
+
 def top_k_correct(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(top1 (N,) bool, top5 (N,) bool) of class logits (N, num_classes)."""
     top = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -239,14 +252,17 @@ def run_zero_shot(args: argparse.Namespace) -> dict:
         teacher_logits = teacher[both] @ classifier.cpu()
         agree = (teacher_logits.argmax(1) == logits[both].argmax(1)).double().mean().item()
         t1, t5 = top_k_correct(teacher_logits, targets[both])
+        correlation = logit_correlation(logits[both].double(), teacher_logits.double())
         metrics |= {
             "agreement": 100.0 * agree,
+            "logit_correlation": None if correlation is None else 100.0 * correlation,
             "teacher_top1": 100.0 * t1.double().mean().item(),
             "teacher_top5": 100.0 * t5.double().mean().item(),
             # a teacher that predicts one class everywhere makes agreement trivial: say how many it uses
             "teacher_classes_predicted": int(teacher_logits.argmax(1).unique().numel()),
         }
         rows += [("agreement w/ teacher", percent(metrics["agreement"])),
+                 ("logit correlation", percent(metrics["logit_correlation"])),
                  ("teacher top-1", percent(metrics["teacher_top1"])),
                  ("teacher classes used", str(metrics["teacher_classes_predicted"]))]  # fmt: skip
     rows.append(("val images", str(total)))
