@@ -27,9 +27,10 @@ def save_teacher(spec: TeacherSpec | str, out: str | Path) -> Path:
     if isinstance(spec, str):
         spec = get_teacher_spec(spec)
     if not spec.random_init:
+        where = repr(spec.source) if spec.source else "its checkpoint (the teacher's source)"
         raise ValueError(
-            f"teacher {spec.name!r} loads from {spec.source!r}: pass that to radio-vlm eval directly "
-            "(save-teacher writes tiny twins, which have no file of their own)"
+            f"teacher {spec.name!r} is a real teacher: pass {where} to radio-vlm eval directly "
+            "(save-teacher writes tiny twins, which exist only as a seed)"
         )
     out = Path(out)
     model = build_teacher_model(spec)

@@ -163,7 +163,9 @@ class _Writer:
     training image shows (the honest split: a test scene differs from every training scene in word, shapes,
     colours, count or slots)."""
 
-    def __init__(self, folder: Path, rng: random.Random, exclude: set[tuple] | frozenset[tuple] = frozenset()):
+    def __init__(
+        self, folder: Path, rng: random.Random, exclude: set[tuple] | frozenset[tuple] = frozenset()
+    ):
         if len(exclude) >= NUM_CONTENTS:
             raise ValueError(
                 f"the training images show all {NUM_CONTENTS} possible scene contents, so no test scene can "

@@ -44,7 +44,11 @@ VISION_ROWS = {
     "knn_top1": ("k-NN top-1 (shape classes)", "knn", "top1"),
     "seg_probe_miou": ("seg-probe mIoU (shapes + word)", "seg-probe", "miou"),
     "zero_shot_agreement": ("zero-shot agreement with the CLIP teacher", "zero-shot", "agreement"),
-    "zero_shot_logit_correlation": ("zero-shot logit correlation with the CLIP teacher", "zero-shot", "logit_correlation"),
+    "zero_shot_logit_correlation": (
+        "zero-shot logit correlation with the CLIP teacher",
+        "zero-shot",
+        "logit_correlation",
+    ),
     "sam_agreement_miou": ("SAM mIoU against the SAM teacher's masks", "sam", "agreement_miou"),
 }
 

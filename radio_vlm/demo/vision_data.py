@@ -56,7 +56,9 @@ def instance_masks(scene: Scene) -> list[tuple[str, np.ndarray]]:
     return masks
 
 
-def write_classification(out: Path, train_scenes: list[Scene], train_images: Path, rng, exclude, num_val: int):
+def write_classification(
+    out: Path, train_scenes: list[Scene], train_images: Path, rng, exclude, num_val: int
+):
     """ImageFolder train (the training images, by shape) and val (new scenes, the same number of each shape)."""
     for i, scene in enumerate(train_scenes):
         folder = out / "train" / scene.objects[0][1]

@@ -148,12 +148,14 @@ def load_sam(checkpoint: str | Path, arch: str | None = None):
             arch = by_width[width.shape[0]]
         encoder = SAM_ARCHS[arch]
     sam = build_sam(encoder)
-    missing, unexpected = sam.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    try:
+        sam.load_state_dict(state)
+    except RuntimeError as err:  # missing, unexpected or differently shaped tensors
+        first = str(err).split("\n\t")[1] if "\n\t" in str(err) else str(err)
         raise ValueError(
-            f"--sam-checkpoint {path}: does not match the SAM architecture {dict(encoder)} (missing "
-            f"{missing[:3]}, unexpected {unexpected[:3]}); pass the matching --sam-arch"
-        )
+            f"--sam-checkpoint {path}: does not match the SAM architecture {dict(encoder)} ({first.strip()}); "
+            "pass the matching --sam-arch"
+        ) from err
     return sam, dict(encoder)
 
 

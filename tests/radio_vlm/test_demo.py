@@ -12,16 +12,22 @@ from PIL import Image
 
 from radio_vlm.demo import driver as demo
 from radio_vlm.demo import stages as demo_stages
-from radio_vlm.demo.report import BENCHMARKS
+from radio_vlm.demo.report import BENCHMARKS, VISION_ROWS
 
 REPO = Path(__file__).resolve().parents[2]
 
 # A reduced version of configs/demo/demo.yaml: every stage runs, for a few steps on a few images.
 QUICK = {
-    "data": {"seed": 0, "num_train": 24, "num_test": 12},
+    "data": {"seed": 0, "num_train": 24, "num_test": 12, "num_vision": 8},
     "distill": {
         "config": str(REPO / "configs" / "demo" / "distill.yaml"),
         "set": ["train.max_steps=2", "train.log_every=1", "data.eval_images=4", "groups.0.batch_size=4"],
+    },
+    "vision": {
+        "knn": {"k": 3},
+        "seg_probe": {"steps": 2, "crop-size": 32, "batch-size": 4},
+        "zero_shot": {"adaptor": "clip", "teacher": "tiny_clip"},
+        "sam": {"adaptor": "sam", "teacher": "tiny_sam", "flags": {"resolution": 64}},
     },
     "llava": {
         "llm": "tiny-llama",
@@ -71,7 +77,7 @@ def reduced_run(tmp_path_factory):
 def test_results_json_has_the_issue_schema(reduced_run):
     out, results = reduced_run
     assert json.loads((out / "results.json").read_text()) == results
-    assert set(results) == {"benchmarks", "tokens_per_image", "distill", "wall_seconds"}
+    assert set(results) == {"benchmarks", "tokens_per_image", "distill", "vision", "wall_seconds"}
     assert set(results["benchmarks"]) == set(BENCHMARKS)
     for scores in results["benchmarks"].values():
         assert set(scores) == {"score", "blind_score"}
@@ -94,9 +100,25 @@ def test_every_question_is_answered_and_scored_on_both_sides(reduced_run):
         assert settings["vision_tower"] == str(out / "student")
 
 
+def test_vision_rows_compare_the_student_with_its_untrained_architecture(reduced_run):
+    out, results = reduced_run
+    assert set(results["vision"]) == set(VISION_ROWS)
+    for key, values in results["vision"].items():
+        assert set(values) == {"student", "random init"} and all(-100 <= v <= 100 for v in values.values()), (
+            key
+        )
+    for side in ("student", "random init"):
+        for protocol in ("knn", "seg-probe", "zero-shot", "sam"):
+            record = json.loads((out / "vision_eval" / side / protocol / "metrics.json").read_text())
+            assert record["name"] == side and record["random_init"] == (side == "random init")
+    assert (out / "teachers" / "tiny_clip" / "open_clip_config.json").is_file()
+    assert "| metric | student | random init |" in (out / "vision_eval" / "report.md").read_text()
+
+
 def test_reports_and_figure(reduced_run):
     out, results = reduced_run
     markdown = (out / "results.md").read_text()
+    assert f"| {VISION_ROWS['knn_top1'][0]} | {results['vision']['knn_top1']['student']:.1f} |" in markdown
     for benchmark in BENCHMARKS:
         assert f"| {benchmark} | {results['benchmarks'][benchmark]['score']:.1f} |" in markdown
     assert Image.open(out / "results.png").size[0] > 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from radio_vlm.demo.data import SUFFIX, _Writer, make_demo_data, sample_scene
+from radio_vlm.demo.data import NUM_CONTENTS, SHAPES, SUFFIX, _Writer, make_demo_data, sample_scene
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -22,7 +23,9 @@ def _digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_demo_data(tmp_path_factory.mktemp("demo") / "d", seed=3, num_train=30, num_test=24)
+    return make_demo_data(
+        tmp_path_factory.mktemp("demo") / "d", seed=3, num_train=30, num_test=24, num_vision=12
+    )
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -30,8 +33,8 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def test_deterministic_per_seed(data, tmp_path):
-    again = make_demo_data(tmp_path / "again", seed=3, num_train=30, num_test=24)
-    other = make_demo_data(tmp_path / "other", seed=4, num_train=30, num_test=24)
+    again = make_demo_data(tmp_path / "again", seed=3, num_train=30, num_test=24, num_vision=12)
+    other = make_demo_data(tmp_path / "other", seed=4, num_train=30, num_test=24, num_vision=12)
     assert _digest(data) == _digest(again)
     assert _digest(data) != _digest(other)
 
@@ -84,6 +87,63 @@ def test_pope_is_balanced_per_category(data):
 
 def test_a_training_scene_is_never_drawn_for_a_test_set(tmp_path):
     first = sample_scene(random.Random(7))
-    writer = _Writer(tmp_path, random.Random(7), exclude={first})
-    assert writer.new("x.png") != first
+    writer = _Writer(tmp_path, random.Random(7), exclude={first.content()})
+    assert writer.new("x.png").content() != first.content()
     assert sample_scene(random.Random(7)) == first  # the same stream would have drawn it
+    regreyed = dataclasses.replace(first, background=(1, 1, 1), width=first.height, height=first.width)
+    assert regreyed.content() == first.content()  # size and grey do not make a scene new
+    with pytest.raises(ValueError, match="all 1344 possible scene contents"):
+        _Writer(tmp_path, random.Random(7), exclude=set(range(NUM_CONTENTS)))
+
+
+def test_no_test_image_repeats_a_training_scene(tmp_path):
+    from radio_vlm.demo import data as demo_data
+
+    drawn = {}
+    real_writer = demo_data._Writer
+
+    class Recording(real_writer):
+        def __init__(self, folder, rng, exclude=frozenset()):
+            super().__init__(folder, rng, exclude)
+            drawn[folder] = self
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(demo_data, "_Writer", Recording)
+    import radio_vlm.demo.vision_data as vision_data
+
+    mp.setattr(vision_data, "_Writer", Recording)
+    try:
+        make_demo_data(tmp_path / "d", seed=0, num_train=200, num_test=30, num_vision=12)
+    finally:
+        mp.undo()
+    train = {s.content() for f, w in drawn.items() if f.parts[-2:] == ("train", "images") for s in w.drawn}
+    tests = [w for f, w in drawn.items() if f.parts[-2:] != ("train", "images")]
+    assert len(train) > 100 and len(tests) == 7  # 4 LLaVA benchmarks, classification, segmentation, COCO
+    assert all(s.content() not in train for w in tests for s in w.drawn)
+
+
+def test_vision_sets(data):
+    import numpy as np
+    from PIL import Image
+
+    from radio_vlm.demo.vision_data import SEG_CLASSES
+
+    vision = data / "vision"
+    val = sorted((vision / "classify" / "val").iterdir())
+    assert [p.name for p in val] == sorted(SHAPES) and {len(list(p.iterdir())) for p in val} == {
+        3
+    }  # 12 = 4 x 3
+    assert sum(len(list(p.iterdir())) for p in (vision / "classify" / "train").iterdir()) == 30
+    assert (vision / "segmentation" / "classes.txt").read_text().split() == list(SEG_CLASSES)
+    for split, count in (("training", 24), ("validation", 6)):
+        labels = sorted((vision / "segmentation" / "annotations" / split).iterdir())
+        images = sorted((vision / "segmentation" / "images" / split).iterdir())
+        assert len(labels) == len(images) == count
+        for label, image in zip(labels, images):
+            values = np.asarray(Image.open(label))
+            assert values.shape == Image.open(image).size[::-1] and values.max() <= len(SEG_CLASSES)
+            assert (values == 1).mean() > 0.3  # mostly background
+    coco = json.loads((vision / "coco" / "annotations" / "instances_val2017.json").read_text())
+    assert len(coco["images"]) == 6 and {c["name"] for c in coco["categories"]} == set(SHAPES)
+    assert all((vision / "coco" / "val2017" / i["file_name"]).is_file() for i in coco["images"])
+    assert all(a["area"] > 0 and len(a["bbox"]) == 4 for a in coco["annotations"])

@@ -24,7 +24,9 @@ TINY_SAM = {"img_size": 128, "patch_size": 16, "embed_dim": 32, "depth": 2, "num
 
 @pytest.fixture(scope="session")
 def vision_data(tmp_path_factory) -> Path:
-    root = make_demo_data(tmp_path_factory.mktemp("vision") / "d", seed=1, num_train=48, num_test=2, num_vision=16)
+    root = make_demo_data(
+        tmp_path_factory.mktemp("vision") / "d", seed=1, num_train=48, num_test=2, num_vision=16
+    )
     return root / "vision"
 
 
@@ -36,3 +38,15 @@ def tiny_model(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("model") / "tiny"
     build_tiny_radio("tiny-radio", adaptors=adaptors).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these tiny models' ops take microseconds, and two OpenMP threads on a shared 2-core
+    machine turn each into milliseconds of spinning."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

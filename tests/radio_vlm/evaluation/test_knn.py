@@ -27,7 +27,9 @@ def test_votes_weigh_each_neighbour_by_exp_of_similarity_over_temperature():
     sims, labels = torch.tensor([[0.90, 0.89, 0.88]]), torch.tensor([[1, 0, 0]])
     votes = knn_votes(sims, labels, num_classes=3, temperature=0.07)
     by_hand = [math.exp(0.89 / 0.07) + math.exp(0.88 / 0.07), math.exp(0.90 / 0.07), 0.0]
-    torch.testing.assert_close(votes[0].double(), torch.tensor(by_hand, dtype=torch.float64), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        votes[0].double(), torch.tensor(by_hand, dtype=torch.float64), rtol=1e-5, atol=0
+    )
     top1, top5 = knn_correct(votes, torch.tensor([0]), 3)
     assert top1.item() and top5.item()  # at T = 0.07 the two class-0 neighbours outvote the closer one
     sharp = knn_votes(sims, labels, num_classes=3, temperature=0.01)
@@ -65,7 +67,10 @@ def test_resize_rules_follow_the_official_transform():
 
 def test_packed_batches_give_each_image_its_own_summary(tiny_model):
     model, _ = load_model(tiny_model, torch.device("cpu"))
-    images = [torch.rand(3, h, w, generator=torch.Generator().manual_seed(h + w)) for h, w in ((64, 96), (32, 48), (64, 64))]
+    images = [
+        torch.rand(3, h, w, generator=torch.Generator().manual_seed(h + w))
+        for h, w in ((64, 96), (32, 48), (64, 64))
+    ]
     packed = summary_of(model, images, "clip")
     with torch.no_grad():
         alone = torch.cat([model(image[None]).adaptors["clip"].summary for image in images])
@@ -134,12 +139,26 @@ def test_bad_image_folders_are_one_clear_error(tmp_path, tiny_model):
 
 
 @pytest.mark.slow
-def test_two_ranks_give_the_single_process_metrics(vision_data, tiny_model, tmp_path, subprocess_env, free_port):
+def test_two_ranks_give_the_single_process_metrics(
+    vision_data, tiny_model, tmp_path, subprocess_env, free_port
+):
     common = ["eval", "knn", "--model", str(tiny_model), "--train", str(vision_data / "classify" / "train"),
               "--val", str(vision_data / "classify" / "val"), "--k", "5", "--workers", "0", "--no-cache"]  # fmt: skip
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
-    subprocess.run([*torchrun, "-m", "radio_vlm.cli", *common, "--out", str(tmp_path / "two")], env=subprocess_env, check=True)
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+    ]
+    subprocess.run(
+        [*torchrun, "-m", "radio_vlm.cli", *common, "--out", str(tmp_path / "two")],
+        env=subprocess_env,
+        check=True,
+    )
     one, two = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
     assert two["world_size"] == 2
     for key in ("top1", "top5", "num_train", "num_val"):
