@@ -27,7 +27,7 @@ from .distributed import EvalContext
 
 def summary_of(model, pixel_values: list[torch.Tensor], adaptor: str | None) -> torch.Tensor:
     """(B, C) float32 summary of a list of (3, H, W) images; the backbone's or `adaptor`'s summary head."""
-    device = next(model.parameters()).device
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     sizes = [tuple(p.shape[-2:]) for p in pixel_values]
     if len(set(sizes)) == 1:
         groups = {sizes[0]: list(range(len(sizes)))}
@@ -40,14 +40,14 @@ def summary_of(model, pixel_values: list[torch.Tensor], adaptor: str | None) -> 
     if groups:  # dense batch(es) of equal-sized images
         out = [None] * len(sizes)
         for members in groups.values():
-            batch = torch.stack([pixel_values[i] for i in members]).to(device, non_blocking=True)
+            batch = torch.stack([pixel_values[i] for i in members]).to(device, dtype, non_blocking=True)
             summary = _pick(model(batch), adaptor)
             for row, i in enumerate(members):
                 out[i] = summary[row]
         return torch.stack(out).float()
     patch = model.patch_size
     grids = torch.tensor([(h // patch, w // patch) for h, w in sizes], dtype=torch.long)
-    packed = torch.cat([patchify(p, patch) for p in pixel_values]).to(device, non_blocking=True)
+    packed = torch.cat([patchify(p, patch) for p in pixel_values]).to(device, dtype, non_blocking=True)
     return _pick(model(packed, image_grid_hw=grids.to(device)), adaptor).float()
 
 

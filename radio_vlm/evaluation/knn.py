@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .common import Run, add_model_flags, percent
 from .datasets import ClassifyTransform, ImageFolder, check_same_classes
+from .distributed import EvalContext
 from .embed import cache_key, embed_images, load_cached, model_fingerprint, save_cached
 
 TEMPERATURE = 0.07  # exp(s / T) vote weights (Wu et al. 2018; DINO; RADIO's knn_classification.py)
@@ -112,47 +113,84 @@ def folder_summaries(
     return summaries, valid
 
 
+def knn_classify(
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    train_labels: torch.Tensor,
+    val_labels: torch.Tensor,
+    classes: tuple[str, ...],
+    ctx: EvalContext,
+    k: int = 20,
+    temperature: float = TEMPERATURE,
+    query_chunk: int = 1024,
+    db_chunk: int = 131072,
+) -> dict:
+    """k-NN metrics from (summaries (N, C), valid (N,)) of both sets, every rank holding all of them: each
+    rank classifies its share of the validation images and the counts are summed over ranks."""
+    device, num_classes = ctx.device, len(classes)
+    (train_summary, train_valid), (val_summary, val_valid) = train, val
+    database = F.normalize(train_summary[train_valid], dim=1).to(device)
+    database_labels = train_labels[train_valid].to(device)
+    val_rows = torch.nonzero(val_valid).flatten()
+    mine = val_rows[ctx.shard(len(val_rows))]
+    queries = F.normalize(val_summary[mine], dim=1).to(device)
+    targets = val_labels[mine].to(device)
+    sims, idx = knn_search(queries, database, k, query_chunk, db_chunk)
+    top1, top5 = knn_correct(
+        knn_votes(sims, database_labels[idx], num_classes, temperature), targets, num_classes
+    )
+    per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=device)
+    per_class[0].scatter_add_(0, targets, top1.double())
+    per_class[1].scatter_add_(0, targets, torch.ones_like(targets, dtype=torch.float64))
+    totals = ctx.sum([top1.sum().item(), top5.sum().item(), *per_class.flatten().tolist()])
+    total = len(val_rows)
+    correct_per_class, count_per_class = totals[2 : 2 + num_classes], totals[2 + num_classes :]
+    return {
+        "top1": 100.0 * totals[0] / total,
+        "top5": 100.0 * totals[1] / total,
+        "per_class_top1": {
+            name: (100.0 * c / n if n else None)
+            for name, c, n in zip(classes, correct_per_class, count_per_class)
+        },
+        "num_train": int(train_valid.sum()),
+        "num_val": total,
+    }
+
+
+def knn_metrics(
+    model, train: ImageFolder, val: ImageFolder, ctx: EvalContext, adaptor: str | None = None, k: int = 20,
+    resolution: tuple[int, ...] | None = None, batch_size: int = 64, workers: int = 0, amp: bool = False,
+) -> tuple[dict, list[tuple[str, str]]]:  # fmt: skip
+    """The protocol on a model in memory (no cache): (metrics, skipped images). `resolution` as --resolution
+    (default: the model's preferred resolution, centre-cropped)."""
+    check_same_classes(train, val)
+    transform = ClassifyTransform(resolution or default_resolution(model), model.min_resolution_step,
+                                  tuple(model.config.backbone_config.norm_mean))  # fmt: skip
+    train_set = embed_images(model, [p for p, _ in train.samples], transform, ctx, adaptor, batch_size, workers, amp,
+                             "embed train")  # fmt: skip
+    val_set = embed_images(model, [p for p, _ in val.samples], transform, ctx, adaptor, batch_size, workers, amp,
+                           "embed val")  # fmt: skip
+    metrics = knn_classify(train_set[:2], val_set[:2], train.labels, val.labels, train.classes, ctx, k)
+    return metrics, train_set[2] + val_set[2]
+
+
 def run_knn(args: argparse.Namespace) -> dict:
-    """The whole protocol; returns the metrics.json record."""
+    """The command: the protocol on a model folder, embeddings cached; returns the metrics.json record."""
     run = Run("knn", args)
     train = ImageFolder.scan(args.train, "--train ImageFolder")
     val = ImageFolder.scan(args.val, "--val ImageFolder")
     check_same_classes(train, val)
     resolution = tuple(args.resolution) if args.resolution else default_resolution(run.model)
     transform = ClassifyTransform(resolution, run.model.min_resolution_step, run.processor.pad_value)
-    train_summary, train_valid = folder_summaries(run, train, "train", transform, resolution)
-    val_summary, val_valid = folder_summaries(run, val, "val", transform, resolution)
-
-    device, num_classes = run.ctx.device, len(train.classes)
-    database = F.normalize(train_summary[train_valid], dim=1).to(device)
-    database_labels = train.labels[train_valid].to(device)
-    val_rows = torch.nonzero(val_valid).flatten()
-    mine = val_rows[run.ctx.shard(len(val_rows))]
-    queries = F.normalize(val_summary[mine], dim=1).to(device)
-    targets = val.labels[mine].to(device)
-    sims, idx = knn_search(queries, database, args.k, args.query_chunk, args.db_chunk)
-    votes = knn_votes(sims, database_labels[idx], num_classes, args.temperature)
-    top1, top5 = knn_correct(votes, targets, num_classes)
-    per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=device)
-    per_class[0].scatter_add_(0, targets, top1.double())
-    per_class[1].scatter_add_(0, targets, torch.ones_like(targets, dtype=torch.float64))
-    totals = run.ctx.sum([top1.sum().item(), top5.sum().item(), *per_class.flatten().tolist()])
-    total = len(val_rows)
-    correct_per_class, count_per_class = totals[2 : 2 + num_classes], totals[2 + num_classes :]
-    metrics = {
-        "top1": 100.0 * totals[0] / total,
-        "top5": 100.0 * totals[1] / total,
-        "per_class_top1": {
-            name: (100.0 * c / n if n else None)
-            for name, c, n in zip(train.classes, correct_per_class, count_per_class)
-        },
-        "num_train": int(train_valid.sum()),
-        "num_val": total,
-    }
+    metrics = knn_classify(
+        folder_summaries(run, train, "train", transform, resolution),
+        folder_summaries(run, val, "val", transform, resolution),
+        train.labels, val.labels, train.classes, run.ctx, args.k, args.temperature, args.query_chunk, args.db_chunk,
+    )  # fmt: skip
     settings = {"train": str(args.train), "val": str(args.val), "k": args.k, "temperature": args.temperature,
                 "resolution": list(resolution), "classes": len(train.classes)}  # fmt: skip
-    rows = [("top-1", percent(metrics["top1"])), ("top-5", percent(metrics["top5"])),
-            ("k", str(args.k)), ("train images", str(metrics["num_train"])), ("val images", str(total))]  # fmt: skip
+    rows = [("top-1", percent(metrics["top1"])), ("top-5", percent(metrics["top5"])), ("k", str(args.k)),
+            ("train images", str(metrics["num_train"])), ("val images", str(metrics["num_val"]))]  # fmt: skip
     return run.finish(settings, metrics, rows)
 
 

@@ -36,7 +36,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ..models.image_io import load_image
-from .common import Run, add_model_flags, percent
+from .common import Run, add_model_flags, autocast, percent
+from .distributed import EvalContext
 
 # ImageEncoderViT arguments of the released SAMs (segment_anything/build_sam.py, _build_sam).
 SAM_IMAGE = {"img_size": 1024, "patch_size": 16, "window_size": 14, "out_chans": 256}
@@ -181,6 +182,7 @@ class RadioSamEncoder(nn.Module):
         pixels = x * self.std + self.mean
         if pixels.shape[-1] != self.resolution:
             pixels = F.interpolate(pixels, size=(self.resolution,) * 2, mode="bilinear", antialias=True)
+        pixels = pixels.to(next(self.radio.parameters()).dtype)
         features = self.radio(pixels, feature_fmt="NCHW").adaptors[self.adaptor].features
         if features.shape[-2:] != (self.grid, self.grid):
             features = F.interpolate(
@@ -271,12 +273,60 @@ def box_masks(predictor, image: np.ndarray, boxes_xyxy: np.ndarray, chunk: int =
 
 
 @torch.inference_mode()
-def run_sam(args: argparse.Namespace) -> dict:
-    """The whole protocol; returns the metrics.json record."""
+def sam_metrics(
+    model, teacher, entries: list[dict], ctx: EvalContext, adaptor: str = "sam", resolution: int | None = None,
+    agreement: bool = False, amp: bool = False,
+) -> tuple[dict, list[tuple[str, str]]]:  # fmt: skip
+    """The protocol on a model in memory and a SAM `teacher` (its neck, prompt encoder and mask decoder are
+    reused): (metrics, skipped images). `entries` from `load_coco`; each rank evaluates its share."""
     from segment_anything import SamPredictor
 
-    adaptor = args.adaptor or "sam"
-    args.adaptor = adaptor
+    teacher = teacher.to(ctx.device)
+    student = student_sam(teacher, model, adaptor, resolution).to(ctx.device)
+    predictors = {"student": SamPredictor(student)}
+    if agreement:
+        predictors["teacher"] = SamPredictor(teacher)
+    results, skipped = [], []
+    mine = [entries[i] for i in ctx.shard(len(entries))]
+    for entry in tqdm(mine, desc="sam images", unit="img", disable=not ctx.is_main):
+        try:
+            image = np.asarray(load_image(entry["path"], f"image file {entry['path']}"))
+        except ValueError as err:
+            skipped.append((str(entry["path"]), str(err)))
+            continue
+        if image.shape[:2] != (entry["height"], entry["width"]):
+            raise ValueError(
+                f"COCO image id {entry['id']} is {entry['width']}x{entry['height']} px in the annotations but "
+                f"{entry['path']} is {image.shape[1]}x{image.shape[0]}: the images do not belong to these annotations"
+            )
+        boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in entry["anns"])])
+        with autocast(ctx.device, amp):
+            masks = {name: box_masks(p, image, boxes) for name, p in predictors.items()}
+        for k, ann in enumerate(entry["anns"]):
+            truth = entry["coco"].annToMask(ann).astype(bool)
+            row = {"area": float(ann["area"]), "iou": mask_iou(masks["student"][k], truth)}
+            if agreement:
+                row["teacher_iou"] = mask_iou(masks["teacher"][k], truth)
+                row["agreement"] = mask_iou(masks["student"][k], masks["teacher"][k], empty=100.0)
+            results.append(row)
+    results = [r for part in ctx.gather_objects(results) for r in part]
+    skipped = [s for part in ctx.gather_objects(skipped) for s in part]
+    if not results:
+        raise ValueError("no COCO instance could be evaluated (every image unreadable?)")
+    metrics = {"miou": _mean(results, "iou"), "num_instances": len(results), "num_images": len(entries)}
+    metrics |= {f"miou_{name}": _mean([r for r in results if low <= r["area"] < high], "iou")
+                for name, (low, high) in AREA_RANGES.items()}  # fmt: skip
+    if agreement:
+        metrics |= {
+            "agreement_miou": _mean(results, "agreement"),
+            "teacher_miou": _mean(results, "teacher_iou"),
+        }
+    return metrics, skipped
+
+
+def run_sam(args: argparse.Namespace) -> dict:
+    """The command: the protocol on a model folder; returns the metrics.json record."""
+    args.adaptor = args.adaptor or "sam"
     run = Run("sam", args)
     annotations = (
         Path(args.annotations)
@@ -286,56 +336,20 @@ def run_sam(args: argparse.Namespace) -> dict:
     images = Path(args.images) if args.images else Path(args.coco) / args.split
     entries = load_coco(annotations, images, args.max_images)
     teacher, _ = load_sam(args.sam_checkpoint, args.sam_arch)
-    teacher = teacher.to(run.ctx.device)
-    student = student_sam(teacher, run.model, adaptor, args.resolution).to(run.ctx.device)
-    predictors = {"student": SamPredictor(student)}
-    if args.agreement_with_teacher:
-        predictors["teacher"] = SamPredictor(teacher)
-    results = []
-    mine = [entries[i] for i in run.ctx.shard(len(entries))]
-    for entry in tqdm(mine, desc="sam images", unit="img", disable=not run.ctx.is_main):
-        try:
-            image = np.asarray(load_image(entry["path"], f"image file {entry['path']}"))
-        except ValueError as err:
-            run.skipped.append((str(entry["path"]), str(err)))
-            continue
-        if image.shape[:2] != (entry["height"], entry["width"]):
-            raise ValueError(
-                f"{annotations}: image id {entry['id']} is {entry['width']}x{entry['height']} px in the file but "
-                f"{entry['path']} is {image.shape[1]}x{image.shape[0]}: the images do not belong to these annotations"
-            )
-        boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in entry["anns"])])
-        with run.autocast():
-            masks = {name: box_masks(p, image, boxes) for name, p in predictors.items()}
-        for k, ann in enumerate(entry["anns"]):
-            truth = entry["coco"].annToMask(ann).astype(bool)
-            row = {"area": float(ann["area"]), "iou": mask_iou(masks["student"][k], truth)}
-            if "teacher" in masks:
-                row["teacher_iou"] = mask_iou(masks["teacher"][k], truth)
-                row["agreement"] = mask_iou(masks["student"][k], masks["teacher"][k], empty=100.0)
-            results.append(row)
-    results = [r for part in run.ctx.gather_objects(results) for r in part]
-    if not results:
-        raise ValueError(f"{annotations}: no instance could be evaluated (every image unreadable?)")
-    metrics = {"miou": _mean(results, "iou"), "num_instances": len(results), "num_images": len(entries)}
-    metrics |= {f"miou_{name}": _mean([r for r in results if low <= r["area"] < high], "iou")
-                for name, (low, high) in AREA_RANGES.items()}  # fmt: skip
+    metrics, skipped = sam_metrics(run.model, teacher, entries, run.ctx, args.adaptor, args.resolution,
+                                   args.agreement_with_teacher, args.amp)  # fmt: skip
+    run.skipped += skipped
     rows = [("mIoU", percent(metrics["miou"]))] + [
         (f"mIoU {n}", percent(metrics[f"miou_{n}"])) for n in AREA_RANGES
     ]
     if args.agreement_with_teacher:
-        metrics |= {
-            "agreement_miou": _mean(results, "agreement"),
-            "teacher_miou": _mean(results, "teacher_iou"),
-        }
         rows += [
             ("agreement mIoU", percent(metrics["agreement_miou"])),
             ("teacher mIoU", percent(metrics["teacher_miou"])),
         ]
-    rows.append(("instances", str(len(results))))
+    rows.append(("instances", str(metrics["num_instances"])))
     settings = {"annotations": str(annotations), "images": str(images), "sam_checkpoint": str(args.sam_checkpoint),
-                "resolution": student.image_encoder.resolution, "sam_grid": student.image_encoder.grid,
-                "multimask": "best of 3 by predicted IoU"}  # fmt: skip
+                "resolution": args.resolution or teacher.image_encoder.img_size, "multimask": "best of 3 by predicted IoU"}  # fmt: skip
     return run.finish(settings, metrics, rows)
 
 

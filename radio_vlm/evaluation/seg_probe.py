@@ -31,7 +31,7 @@ import argparse
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..models.image_io import load_image
-from .common import Run, add_model_flags, format_table, percent
+from .common import Run, add_model_flags, autocast, format_table, percent
 from .datasets import package_file
 
 IGNORE_INDEX = 255
@@ -242,12 +242,48 @@ def probe_lr(step: int, steps: int, warmup: int, base: float) -> float:
     return base * max(0.0, 1 - (step - warmup) / max(1, steps - warmup))
 
 
-def frozen_features(model, pixels: torch.Tensor, adaptor: str | None) -> torch.Tensor:
-    """(B, C, h, w) float32 features of the frozen model (backbone or adaptor head), padded pixels in."""
-    with torch.no_grad():
-        out = model(pixels, feature_fmt="NCHW")
-        features = out.features if adaptor is None else out.adaptors[adaptor].features
-    return features.float()
+@dataclass
+class ProbeSettings:
+    """How the probe is trained and evaluated (the official config's values where it has them)."""
+
+    steps: int = 2000  # training steps (the paper: 160k)
+    batch_size: int = 16  # crops per step (official: 8 GPUs x 2)
+    lr: float = 1e-3  # AdamW
+    weight_decay: float = 0.0  # AdamW (official: 0)
+    warmup_steps: int | None = None  # linear warm-up (default: 1500/80000 of steps, as official)
+    crop_size: int = 512  # training crop, slide window and (4 x crop, crop) resize scale
+    save_every: int = 1000  # steps between checkpoints (with an output folder)
+    resume: bool = False  # continue from OUT/probe_checkpoint.pt
+    seed: int = 0  # probe initialisation and every training view
+    workers: int = 0  # DataLoader workers
+    amp: bool = False  # bf16 autocast of the frozen model
+
+    @property
+    def stride(self) -> int:
+        return max(1, int(self.crop_size * 2 / 3))
+
+
+@dataclass
+class ProbeJob:
+    """One probe: the frozen model and its feature source, the settings, where checkpoints go (None: nowhere),
+    and the unreadable images met on the way."""
+
+    model: nn.Module
+    adaptor: str | None
+    settings: ProbeSettings
+    device: torch.device
+    out: Path | None = None
+    skipped: list = field(default_factory=list)
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) float32 frozen features of (B, 3, H, W) pixels, padded to the model's step."""
+        pixels = pad_to(pixels, self.model.min_resolution_step).to(
+            self.device, next(self.model.parameters()).dtype
+        )
+        with torch.no_grad(), autocast(self.device, self.settings.amp):
+            out = self.model(pixels, feature_fmt="NCHW")
+            features = out.features if self.adaptor is None else out.adaptors[self.adaptor].features
+        return features.float()
 
 
 def pad_to(pixels: torch.Tensor, step: int) -> torch.Tensor:
@@ -256,110 +292,107 @@ def pad_to(pixels: torch.Tensor, step: int) -> torch.Tensor:
     return F.pad(pixels, (0, -w % step, 0, -h % step))
 
 
-def train_probe(run: Run, probe: LinearProbe, train_pairs, fmt: SegFormat, num_classes: int) -> None:
-    args, device = run.args, run.ctx.device
+def train_probe(job: ProbeJob, probe: LinearProbe, train_pairs, fmt: SegFormat, num_classes: int) -> None:
+    cfg = job.settings
     optimizer = torch.optim.AdamW(
-        probe.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay
+        probe.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay
     )
     start = 0
-    checkpoint = run.out / CHECKPOINT
-    if args.resume and checkpoint.is_file():
+    checkpoint = job.out / CHECKPOINT if job.out is not None else None
+    if cfg.resume and checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         probe.load_state_dict(state["probe"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
         print(f"resumed the probe from {checkpoint} at step {start}")
-    if start >= args.steps:
+    if start >= cfg.steps:
         return
-    warmup = round(args.steps * WARMUP_FRACTION) if args.warmup_steps is None else args.warmup_steps
-    views = ProbeTrainViews(train_pairs, args.crop_size, args.seed, fmt.reduce_zero_label, num_classes)
+    warmup = round(cfg.steps * WARMUP_FRACTION) if cfg.warmup_steps is None else cfg.warmup_steps
+    views = ProbeTrainViews(train_pairs, cfg.crop_size, cfg.seed, fmt.reduce_zero_label, num_classes)
     loader = torch.utils.data.DataLoader(
-        views, batch_size=args.batch_size, sampler=range(start * args.batch_size, args.steps * args.batch_size),
-        num_workers=args.workers, collate_fn=collate_views,
+        views, batch_size=cfg.batch_size, sampler=range(start * cfg.batch_size, cfg.steps * cfg.batch_size),
+        num_workers=cfg.workers, collate_fn=collate_views,
     )  # fmt: skip
     probe.train()
-    bar = tqdm(total=args.steps, initial=start, desc="probe", unit="step")
+    bar = tqdm(total=cfg.steps, initial=start, desc="probe", unit="step")
     t0, losses = time.perf_counter(), []
     for step, batch in enumerate(loader, start):
         if "error" in batch:
             raise ValueError(batch["error"])
-        run.skipped += batch["skipped"]
+        job.skipped += batch["skipped"]
         for group in optimizer.param_groups:
-            group["lr"] = probe_lr(step, args.steps, warmup, args.lr)
-        with run.autocast():
-            features = frozen_features(
-                run.model, pad_to(batch["image"].to(device), run.model.min_resolution_step), args.adaptor
-            )
-        logits = probe(features)
+            group["lr"] = probe_lr(step, cfg.steps, warmup, cfg.lr)
+        logits = probe(job.features(batch["image"]))
         logits = F.interpolate(logits, size=batch["label"].shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, batch["label"].to(device), ignore_index=IGNORE_INDEX)
+        loss = F.cross_entropy(logits, batch["label"].to(job.device), ignore_index=IGNORE_INDEX)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
         done = step + 1
         bar.update(1)
-        if done % 10 == 0 or done == args.steps:
-            rate = (done - start) * args.batch_size / (time.perf_counter() - t0)
+        if done % 10 == 0 or done == cfg.steps:
+            rate = (done - start) * cfg.batch_size / (time.perf_counter() - t0)
             bar.set_postfix_str(f"loss={np.mean(losses[-10:]):.4f} lr={group['lr']:.2e} img/s={rate:.1f}")
-        if done % args.save_every == 0 or done == args.steps:
+        if checkpoint is not None and (done % cfg.save_every == 0 or done == cfg.steps):
             partial = checkpoint.with_suffix(".partial")
             torch.save(
                 {"step": done, "probe": probe.state_dict(), "optimizer": optimizer.state_dict()}, partial
             )
             partial.replace(checkpoint)  # atomic: a kill leaves the previous checkpoint
     bar.close()
-    print(f"probe: {args.steps - start} steps, final loss {np.mean(losses[-10:]):.4f}")
+    print(f"probe: {cfg.steps - start} steps, final loss {np.mean(losses[-10:]):.4f}")
 
 
 @torch.no_grad()
-def slide_logits(run: Run, probe: LinearProbe, pixels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def slide_logits(job: ProbeJob, probe: LinearProbe, pixels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(num_classes, H, W) logits of one (3, H, W) image: crop windows with stride 2/3 of the crop, averaged."""
-    crop = run.args.crop_size
-    stride = max(1, int(crop * 2 / 3))
+    crop, stride = job.settings.crop_size, job.settings.stride
     height, width = pixels.shape[-2:]
-    logits = torch.zeros(num_classes, height, width, device=pixels.device)
-    count = torch.zeros(1, height, width, device=pixels.device)
+    logits = torch.zeros(num_classes, height, width, device=job.device)
+    count = torch.zeros(1, height, width, device=job.device)
     rows = max(height - crop + stride - 1, 0) // stride + 1
     cols = max(width - crop + stride - 1, 0) // stride + 1
     for r in range(rows):
         for c in range(cols):
             y2, x2 = min(r * stride + crop, height), min(c * stride + crop, width)
             y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
-            window = pad_to(pixels[None, :, y1:y2, x1:x2], run.model.min_resolution_step)
-            with run.autocast():
-                features = frozen_features(run.model, window, run.args.adaptor)
-            out = F.interpolate(probe(features), size=window.shape[-2:], mode="bilinear", align_corners=False)
+            window = pixels[None, :, y1:y2, x1:x2]
+            out = probe(job.features(window))
+            out = F.interpolate(out, size=pad_to(window, job.model.min_resolution_step).shape[-2:], mode="bilinear",
+                                align_corners=False)  # fmt: skip
             logits[:, y1:y2, x1:x2] += out[0, :, : y2 - y1, : x2 - x1].float()
             count[:, y1:y2, x1:x2] += 1
     return logits / count
 
 
-def evaluate_probe(run: Run, probe: LinearProbe, val_pairs, fmt: SegFormat, num_classes: int) -> torch.Tensor:
+def evaluate_probe(
+    job: ProbeJob, probe: LinearProbe, val_pairs, fmt: SegFormat, num_classes: int
+) -> torch.Tensor:
     """(num_classes, num_classes) confusion matrix (rows = labels) over the validation set."""
     from torchmetrics.classification import MulticlassConfusionMatrix
 
-    confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX).to(run.ctx.device)
+    confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX).to(job.device)
     probe.eval()
-    scale = (4 * run.args.crop_size, run.args.crop_size)
+    scale = (4 * job.settings.crop_size, job.settings.crop_size)
     for image_path, label_path in tqdm(val_pairs, desc="probe eval", unit="img"):
         try:
             image = np.asarray(load_image(image_path, f"image file {image_path}"))
         except ValueError as err:
-            run.skipped.append((image_path, str(err)))
+            job.skipped.append((image_path, str(err)))
             continue
         label = read_label(label_path, fmt.reduce_zero_label, num_classes)
         if label.shape != image.shape[:2]:
             raise ValueError(
-                f"label {label_path} is {label.shape[1]}x{label.shape[0]} px but its image is {image.shape[1]}x{image.shape[0]}"
+                f"label {label_path} is {label.shape[1]}x{label.shape[0]} px but its image is "
+                f"{image.shape[1]}x{image.shape[0]}"
             )
         resized, _ = _resize(image, None, rescale_size(*image.shape[:2], scale))
         pixels = torch.from_numpy(np.ascontiguousarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        logits = slide_logits(run, probe, pixels.to(run.ctx.device), num_classes)
+        logits = slide_logits(job, probe, pixels.to(job.device), num_classes)
         logits = F.interpolate(logits[None], size=label.shape, mode="bilinear", align_corners=False)[0]
-        confusion.update(
-            logits.argmax(0).flatten(), torch.from_numpy(label.astype(np.int64)).to(run.ctx.device).flatten()
-        )
+        target = torch.from_numpy(label.astype(np.int64)).to(job.device)
+        confusion.update(logits.argmax(0).flatten(), target.flatten())
     return confusion.compute().double().cpu()
 
 
@@ -381,41 +414,56 @@ def iou_from_confusion(confusion: torch.Tensor) -> dict:
     }
 
 
+def seg_probe_metrics(
+    model, data: str | Path, data_format: str, settings: ProbeSettings, device: torch.device,
+    adaptor: str | None = None, out: Path | None = None,
+) -> tuple[dict, list[tuple[str, str]], LinearProbe]:  # fmt: skip
+    """Train and evaluate a probe on a model in memory: (metrics, skipped images, the probe)."""
+    root, fmt = Path(data), FORMATS[data_format]
+    names = class_names(root, fmt)
+    train_pairs, val_pairs = (list_pairs(root, fmt, split) for split in fmt.splits)
+    head = model.config.adaptors[adaptor]["feature"] if adaptor else None
+    if adaptor and head is None:
+        raise ValueError(f"adaptor {adaptor!r} has no feature head (--adaptor)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        probe = LinearProbe(head["output_dim"] if head else model.embed_dim, len(names)).to(device)
+    job = ProbeJob(model, adaptor, settings, device, out)
+    train_probe(job, probe, train_pairs, fmt, len(names))
+    scores = iou_from_confusion(evaluate_probe(job, probe, val_pairs, fmt, len(names)))
+    per_class = {name: {"iou": i, "acc": a} for name, i, a in zip(names, scores["iou"], scores["acc"])}
+    metrics = {"miou": scores["miou"], "aacc": scores["aacc"], "per_class": per_class,
+               "num_train": len(train_pairs), "num_val": len(val_pairs)}  # fmt: skip
+    return metrics, job.skipped, probe
+
+
 def run_seg_probe(args: argparse.Namespace) -> dict:
-    """The whole protocol; returns the metrics.json record."""
+    """The command: the protocol on a model folder; returns the metrics.json record."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("seg-probe trains one probe in one process: run it without torchrun")
     run = Run("seg-probe", args)
-    root, fmt = Path(args.data), FORMATS[args.format]
-    names = class_names(root, fmt)
-    train_pairs, val_pairs = (list_pairs(root, fmt, split) for split in fmt.splits)
-    head = run.model.config.adaptors[args.adaptor]["feature"] if args.adaptor else None
-    if args.adaptor and head is None:
-        raise ValueError(f"{args.model}: adaptor {args.adaptor!r} has no feature head (--adaptor)")
-    channels = head["output_dim"] if head else run.model.embed_dim
-    torch.manual_seed(args.seed)
-    probe = LinearProbe(channels, len(names)).to(run.ctx.device)
-    train_probe(run, probe, train_pairs, fmt, len(names))
-    confusion = evaluate_probe(run, probe, val_pairs, fmt, len(names))
-    scores = iou_from_confusion(confusion)
+    settings = ProbeSettings(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps, crop_size=args.crop_size, save_every=args.save_every, resume=args.resume,
+        seed=args.seed, workers=args.workers, amp=args.amp,
+    )  # fmt: skip
+    metrics, skipped, probe = seg_probe_metrics(
+        run.model, args.data, args.format, settings, run.ctx.device, args.adaptor, run.out
+    )
+    run.skipped += skipped
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in probe.state_dict().items()}, str(run.out / "probe.safetensors"))
-    per_class = {name: {"iou": i, "acc": a} for name, i, a in zip(names, scores["iou"], scores["acc"])}
-    print(
-        format_table(
-            "per-class IoU / acc",
-            [(n, f"{percent(v['iou'])} / {percent(v['acc'])}") for n, v in per_class.items()],
-        )
-    )
-    metrics = {"miou": scores["miou"], "aacc": scores["aacc"], "per_class": per_class,
-               "num_train": len(train_pairs), "num_val": len(val_pairs)}  # fmt: skip
-    settings = {"data": str(root), "format": args.format, "classes": len(names), "steps": args.steps,
-                "batch_size": args.batch_size, "lr": args.lr, "crop_size": args.crop_size,
-                "stride": max(1, int(args.crop_size * 2 / 3)), "features": args.adaptor or "backbone"}  # fmt: skip
-    rows = [("mIoU", percent(scores["miou"])), ("aAcc", percent(scores["aacc"])), ("steps", str(args.steps)),
-            ("val images", str(len(val_pairs)))]  # fmt: skip
-    return run.finish(settings, metrics, rows)
+    per_class = metrics["per_class"]
+    rows = [(n, f"{percent(v['iou'])} / {percent(v['acc'])}") for n, v in per_class.items()]
+    print(format_table("per-class IoU / acc", rows))
+    settings_record = {"data": str(args.data), "format": args.format, "classes": len(per_class),
+                       "steps": settings.steps, "batch_size": settings.batch_size, "lr": settings.lr,
+                       "crop_size": settings.crop_size, "stride": settings.stride,
+                       "features": args.adaptor or "backbone"}  # fmt: skip
+    rows = [("mIoU", percent(metrics["miou"])), ("aAcc", percent(metrics["aacc"])), ("steps", str(settings.steps)),
+            ("val images", str(metrics["num_val"]))]  # fmt: skip
+    return run.finish(settings_record, metrics, rows)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

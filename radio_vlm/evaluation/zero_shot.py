@@ -40,6 +40,7 @@ from .datasets import (
     load_classnames,
     load_templates,
 )
+from .distributed import EvalContext
 from .embed import embed_images
 from .knn import default_resolution
 
@@ -163,15 +164,16 @@ def zero_shot_classifier(tower: TextTower, classnames: list[str], templates: lis
 
 
 @torch.inference_mode()
-def teacher_embeddings(run: Run, tower: TextTower, paths: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_embeddings(
+    tower: TextTower, paths: list[str], ctx: EvalContext, batch_size: int = 64, workers: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(embeddings (N, D), valid (N,)) of the teacher's own image tower, this rank's shard gathered."""
-    mine = run.ctx.shard(len(paths))
     loader = torch.utils.data.DataLoader(
-        TransformedImages(paths, tower.preprocess, mine), batch_size=run.args.batch_size,
-        num_workers=run.args.workers, collate_fn=collate_list,
+        TransformedImages(paths, tower.preprocess, ctx.shard(len(paths))), batch_size=batch_size,
+        num_workers=workers, collate_fn=collate_list,
     )  # fmt: skip
     rows, done = [], []
-    for items in tqdm(loader, desc="teacher images", unit="batch", disable=not run.ctx.is_main):
+    for items in tqdm(loader, desc="teacher images", unit="batch", disable=not ctx.is_main):
         good = [item for item in items if item["error"] is None]
         if good:
             rows.append(tower.encode_pixels(torch.stack([item["image"] for item in good])).cpu())
@@ -179,8 +181,8 @@ def teacher_embeddings(run: Run, tower: TextTower, paths: list[str]) -> tuple[to
     local = torch.cat(rows) if rows else torch.zeros(0, tower.embed_dim)
     count = len(paths)
     return (
-        run.ctx.gather_rows(local.to(run.ctx.device), done, count),
-        run.ctx.gather_rows(torch.ones(len(done), dtype=torch.bool, device=run.ctx.device), done, count),
+        ctx.gather_rows(local.to(ctx.device), done, count),
+        ctx.gather_rows(torch.ones(len(done), dtype=torch.bool, device=ctx.device), done, count),
     )
 
 
@@ -201,43 +203,30 @@ def top_k_correct(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
     return top[:, 0] == targets, (top == targets[:, None]).any(dim=1)
 
 
-def run_zero_shot(args: argparse.Namespace) -> dict:
-    """The whole protocol; returns the metrics.json record."""
-    if args.adaptor is None:
-        raise ValueError("zero-shot needs --adaptor: the student's CLIP/SigLIP head (e.g. --adaptor clip)")
-    run = Run("zero-shot", args)
-    summary = run.model.config.adaptors[args.adaptor]["summary"]
+def zero_shot_metrics(
+    model, adaptor: str, val: ImageFolder, tower: TextTower, classnames: list[str], templates: list[str],
+    ctx: EvalContext, resolution: tuple[int, ...] | None = None, agreement: bool = False, batch_size: int = 64,
+    workers: int = 0, amp: bool = False,
+) -> tuple[dict, list[tuple[str, str]]]:  # fmt: skip
+    """The protocol on a model in memory: (metrics, skipped images). `tower` must embed into the adaptor's
+    summary width; `agreement` adds the teacher-agreement numbers (see the module docstring)."""
+    summary = model.config.adaptors[adaptor]["summary"]
     if summary is None:
-        raise ValueError(f"{args.model}: adaptor {args.adaptor!r} has no summary head; zero-shot needs one")
-    val = ImageFolder.scan(args.val, "--val ImageFolder")
-    classnames = load_classnames(args.classnames, val.classes)
-    templates = load_templates(args.templates)
-    tower = load_text_tower(args.text_tower, args.text_tower_arch, run.ctx.device)
+        raise ValueError(f"adaptor {adaptor!r} has no summary head; zero-shot needs one")
     if tower.embed_dim != summary["output_dim"]:
         raise ValueError(
-            f"--text-tower {args.text_tower}: its embeddings have {tower.embed_dim} dims but adaptor "
-            f"{args.adaptor!r} of {args.model} outputs {summary['output_dim']}: pass the text tower of the teacher "
-            "this adaptor was distilled from"
+            f"--text-tower {tower.source}: its embeddings have {tower.embed_dim} dims but adaptor {adaptor!r} "
+            f"outputs {summary['output_dim']}: pass the text tower of the teacher this adaptor was distilled from"
         )
-    classifier = zero_shot_classifier(tower, classnames, templates)
-
-    resolution = tuple(args.resolution) if args.resolution else default_resolution(run.model)
-    transform = ClassifyTransform(resolution, run.model.min_resolution_step, run.processor.pad_value)
+    classifier = zero_shot_classifier(tower, classnames, templates).cpu()
+    transform = ClassifyTransform(resolution or default_resolution(model), model.min_resolution_step,
+                                  tuple(model.config.backbone_config.norm_mean))  # fmt: skip
     paths = [p for p, _ in val.samples]
     student, valid, skipped = embed_images(
-        run.model,
-        paths,
-        transform,
-        run.ctx,
-        args.adaptor,
-        args.batch_size,
-        args.workers,
-        args.amp,
-        "embed val",
+        model, paths, transform, ctx, adaptor, batch_size, workers, amp, "embed val"
     )
-    run.skipped += skipped
     targets = val.labels
-    logits = F.normalize(student, dim=-1) @ classifier.cpu()
+    logits = F.normalize(student, dim=-1) @ classifier
     top1, top5 = top_k_correct(logits[valid], targets[valid])
     total = int(valid.sum())
     metrics = {
@@ -245,27 +234,45 @@ def run_zero_shot(args: argparse.Namespace) -> dict:
         "top5": 100.0 * top5.sum().item() / total,
         "num_val": total,
     }
-    rows = [("top-1", percent(metrics["top1"])), ("top-5", percent(metrics["top5"]))]
-    if args.agreement_with_teacher:
-        teacher, teacher_valid = teacher_embeddings(run, tower, paths)
+    if agreement:
+        teacher, teacher_valid = teacher_embeddings(tower, paths, ctx, batch_size, workers)
         both = valid & teacher_valid
-        teacher_logits = teacher[both] @ classifier.cpu()
-        agree = (teacher_logits.argmax(1) == logits[both].argmax(1)).double().mean().item()
+        teacher_logits = teacher[both] @ classifier
         t1, t5 = top_k_correct(teacher_logits, targets[both])
         correlation = logit_correlation(logits[both].double(), teacher_logits.double())
         metrics |= {
-            "agreement": 100.0 * agree,
+            "agreement": 100.0 * (teacher_logits.argmax(1) == logits[both].argmax(1)).double().mean().item(),
             "logit_correlation": None if correlation is None else 100.0 * correlation,
             "teacher_top1": 100.0 * t1.double().mean().item(),
             "teacher_top5": 100.0 * t5.double().mean().item(),
             # a teacher that predicts one class everywhere makes agreement trivial: say how many it uses
             "teacher_classes_predicted": int(teacher_logits.argmax(1).unique().numel()),
         }
+    return metrics, skipped
+
+
+def run_zero_shot(args: argparse.Namespace) -> dict:
+    """The command: the protocol on a model folder; returns the metrics.json record."""
+    if args.adaptor is None:
+        raise ValueError("zero-shot needs --adaptor: the student's CLIP/SigLIP head (e.g. --adaptor clip)")
+    run = Run("zero-shot", args)
+    val = ImageFolder.scan(args.val, "--val ImageFolder")
+    classnames = load_classnames(args.classnames, val.classes)
+    templates = load_templates(args.templates)
+    tower = load_text_tower(args.text_tower, args.text_tower_arch, run.ctx.device)
+    resolution = tuple(args.resolution) if args.resolution else default_resolution(run.model)
+    metrics, skipped = zero_shot_metrics(
+        run.model, args.adaptor, val, tower, classnames, templates, run.ctx, resolution,
+        args.agreement_with_teacher, args.batch_size, args.workers, args.amp,
+    )  # fmt: skip
+    run.skipped += skipped
+    rows = [("top-1", percent(metrics["top1"])), ("top-5", percent(metrics["top5"]))]
+    if args.agreement_with_teacher:
         rows += [("agreement w/ teacher", percent(metrics["agreement"])),
                  ("logit correlation", percent(metrics["logit_correlation"])),
                  ("teacher top-1", percent(metrics["teacher_top1"])),
                  ("teacher classes used", str(metrics["teacher_classes_predicted"]))]  # fmt: skip
-    rows.append(("val images", str(total)))
+    rows.append(("val images", str(metrics["num_val"])))
     settings = {"val": str(args.val), "text_tower": str(args.text_tower), "classnames": args.classnames,
                 "templates": args.templates, "num_templates": len(templates), "classes": len(classnames),
                 "resolution": list(resolution)}  # fmt: skip

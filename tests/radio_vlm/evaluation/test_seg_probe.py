@@ -90,24 +90,27 @@ def test_probe_trains_evaluates_and_resumes_exactly(vision_data, tiny_model, tmp
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0)
 
 
-def test_slide_windows_cover_the_image_and_average_overlaps(tiny_model, tmp_path):
-    from radio_vlm.evaluation.common import Run
-    from radio_vlm.evaluation.seg_probe import LinearProbe, slide_logits
+def test_slide_windows_cover_the_image_and_average_overlaps(tiny_model):
+    from radio_vlm.evaluation.common import load_model
+    from radio_vlm.evaluation.seg_probe import LinearProbe, ProbeJob, ProbeSettings, slide_logits
 
-    args = type("Args", (), {"model": str(tiny_model), "out": str(tmp_path), "device": "cpu", "random_init": False,
-                             "seed": 0, "adaptor": None, "amp": False, "crop_size": 32})()  # fmt: skip
-    run = Run("seg-probe", args)
+    model, _ = load_model(tiny_model, torch.device("cpu"))
+    job = ProbeJob(model, None, ProbeSettings(crop_size=32), torch.device("cpu"))
     probe = LinearProbe(32, 3).eval()
     pixels = torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(0))
-    logits = slide_logits(run, probe, pixels, 3)
+    logits = slide_logits(job, probe, pixels, 3)  # windows at x = 0, 21, 24 and y = 0, 8: overlaps averaged
     assert logits.shape == (3, 40, 56) and torch.isfinite(logits).all()
-    small = pixels[:, :32, :32]  # one window: the whole image
     with torch.no_grad():
-        features = run.model(small[None], feature_fmt="NCHW").features
-        whole = torch.nn.functional.interpolate(
-            probe(features), size=(32, 32), mode="bilinear", align_corners=False
-        )
-    torch.testing.assert_close(slide_logits(run, probe, small, 3), whole[0])
+
+        def window(y, x):
+            features = model(pixels[None, :, y : y + 32, x : x + 32], feature_fmt="NCHW").features
+            return torch.nn.functional.interpolate(
+                probe(features), size=(32, 32), mode="bilinear", align_corners=False
+            )[0]
+
+        torch.testing.assert_close(logits[:, :8, :21], window(0, 0)[:, :8, :21])  # one window only
+        both = (window(0, 0)[:, :8, 21:24] + window(0, 21)[:, :8, :3]) / 2  # two windows overlap here
+        torch.testing.assert_close(logits[:, :8, 21:24], both)
 
 
 def test_a_mask_beyond_the_classes_names_the_file(vision_data, tiny_model, tmp_path):

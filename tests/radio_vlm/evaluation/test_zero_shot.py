@@ -139,7 +139,7 @@ def test_a_hugging_face_clip_folder_is_a_text_tower(tmp_path):
 def test_bad_text_towers_and_class_lists_are_clear_errors(clip_folder, vision_data, tiny_model, tmp_path):
     base = ["eval", "zero-shot", "--model", str(tiny_model), "--text-tower", str(clip_folder),
             "--val", str(vision_data / "classify" / "val"), "--out", str(tmp_path)]  # fmt: skip
-    with pytest.raises(ValueError, match=r"have 24 dims but adaptor 'dino_v2' of .* outputs 40"):
+    with pytest.raises(ValueError, match=r"have 24 dims but adaptor 'dino_v2' outputs 40"):
         main([*base, "--adaptor", "dino_v2", "--classnames", "folders"])
     with pytest.raises(ValueError, match="1000 names for 4 class folders"):
         main([*base, "--adaptor", "clip", "--classnames", "imagenet"])
