@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode, resolution in (("dense", (224, 224)), ("packed", (224,))):
             transform = ClassifyTransform(resolution, 16, (0.5, 0.5, 0.5))
             per_image_loop(model, paths[:4], transform)  # warm-up
-            batched = timed(lambda t=transform: embed_images(model, paths, t, ctx, batch_size=args.batch_size,
-                                                             workers=args.workers, desc=f"embed {mode}"))  # fmt: skip
+            batched = timed(lambda t=transform, m=mode: embed_images(model, paths, t, ctx, batch_size=args.batch_size,
+                                                             workers=args.workers, desc=f"embed {m}"))  # fmt: skip
             loop = timed(lambda t=transform: per_image_loop(model, paths, t))
             label = "centre crop 224x224" if mode == "dense" else "short side 224, aspect kept"
             rows.append(

@@ -117,6 +117,56 @@ class TrainConfig:
 
 
 @dataclass
+class KnnEvalConfig:
+    train: str  # ImageFolder of the database images (one folder per class)
+    val: str  # ImageFolder of the held-out images to classify (the same class folders)
+    k: int = 20  # neighbours that vote (official protocol)
+    resolution: list[int] = field(default_factory=list)  # [N] short side / [H, W] centre crop; [] = preferred
+
+
+@dataclass
+class SegProbeEvalConfig:
+    data: str  # data root in the `format` layout (training + validation splits)
+    format: str = "ade20k"  # ade20k | voc
+    steps: int = 200  # probe training steps per evaluation (the paper: 160k, once)
+    crop_size: int = 512  # training crop and slide window in px
+    batch_size: int = 16  # crops per probe step
+    lr: float = 1e-3  # probe AdamW learning rate
+
+
+@dataclass
+class ZeroShotEvalConfig:
+    teacher: str  # a teacher of this run; an open_clip one's text tower makes the classes
+    val: str  # ImageFolder of held-out images
+    classnames: str = "folders"  # folders | imagenet | a file of names (as eval zero-shot)
+    templates: str = "openai"  # openai | simple | a file of templates
+    text_tower: str | None = None  # a CLIP/SigLIP text tower instead of the teacher's (HF teachers)
+
+
+@dataclass
+class SamEvalConfig:
+    teacher: str  # a segment_anything teacher of this run (its prompt encoder and mask decoder are reused)
+    annotations: str  # COCO instances JSON of held-out images
+    images: str  # their folder
+    resolution: int | None = None  # px the student sees (default: SAM's input size)
+    max_images: int | None = None  # only the first N images (by id)
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # steps between evaluations while training (0: only at the end)
+    batch_size: int = 32  # images per student forward
+    knn: KnnEvalConfig | None = None  # k-NN top-1/top-5 on summary vectors (radio-vlm eval knn)
+    seg_probe: SegProbeEvalConfig | None = None  # linear-probe mIoU on frozen features
+    zero_shot_agreement: ZeroShotEvalConfig | None = None  # zero-shot agreement with a CLIP teacher
+    sam_agreement: SamEvalConfig | None = None  # SAM-decoder mask mIoU against the SAM teacher's masks
+
+    @property
+    def protocols(self) -> list[str]:
+        return [n for n in ("knn", "seg_probe", "zero_shot_agreement", "sam_agreement") if getattr(self, n)]
+
+
+@dataclass
 class DistillConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     teachers: list[TeacherConfig] = field(default_factory=list)
@@ -126,6 +176,7 @@ class DistillConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -180,6 +231,18 @@ def validate(config: DistillConfig) -> None:
     unknown = sorted(set(config.train.report_to) - set(REPORT_TO))
     if unknown:
         raise ConfigError(f"train.report_to: unknown {unknown}; choose from {list(REPORT_TO)} (or [])")
+    for key in ("zero_shot_agreement", "sam_agreement"):
+        section = getattr(config.eval, key)
+        if section is not None and section.teacher not in names:
+            raise ConfigError(
+                f"eval.{key}.teacher: {section.teacher!r} is not one of this run's teachers {names}"
+            )
+    if config.eval.every and not config.eval.protocols:
+        raise ConfigError(
+            "eval.every: set at least one of eval.knn, seg_probe, zero_shot_agreement, sam_agreement"
+        )
+    if config.eval.seg_probe is not None and config.eval.seg_probe.format not in ("ade20k", "voc"):
+        raise ConfigError(f"eval.seg_probe.format: {config.eval.seg_probe.format!r}; expected ade20k or voc")
     checks = {
         "distributed.zero_stage": config.distributed.zero_stage in (0, 1, 2),
         "distributed.precision": config.distributed.precision in ("fp32", "bf16"),
@@ -190,6 +253,7 @@ def validate(config: DistillConfig) -> None:
         "train.max_steps": config.train.max_steps >= 1,
         "train.log_every": config.train.log_every >= 1,
         "train.save_every": config.train.save_every >= 0,
+        "eval.every": config.eval.every >= 0,
     }
     allowed = {
         "distributed.zero_stage": "0, 1 or 2",
@@ -201,6 +265,7 @@ def validate(config: DistillConfig) -> None:
         "train.max_steps": ">= 1",
         "train.log_every": ">= 1",
         "train.save_every": ">= 0 (0 = only at the end)",
+        "eval.every": ">= 0 (0 = only at the end)",
     }
     for key, ok in checks.items():
         if not ok:

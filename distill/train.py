@@ -33,7 +33,7 @@ from distill.batches import GroupBatches, ShardBatches, build_sources
 from distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from distill.config import ConfigError, DistillConfig, config_to_dict, load_config, save_config
 from distill.engine import Collectives, Engine, init_distributed
-from distill.evaluate import EvalContext, evaluate, format_table, scalars, write_metrics
+from distill.evaluate import METRICS, EvalContext, evaluate, format_table, scalars, write_metrics
 from distill.export import init_state
 from distill.losses import PHI_S_FILE, DistillLoss, LossOutput, PhiSBalancer, build_balancer, teacher_terms
 from distill.partition import RankPlan
@@ -46,6 +46,7 @@ from distill.student import (
     vitdet_windows,
 )
 from distill.teachers import TeacherOutput, get_teacher_spec, load_teacher
+from distill.vision_eval import VisionEval
 from radio_vlm import RadioWithAdaptors
 
 logger = logging.getLogger("distill")
@@ -194,6 +195,11 @@ def train(config: DistillConfig, output_dir: str | Path, resume: bool = False) -
         else None
     )
     log = MetricsLog(sorted(weights), comm, reporter)
+    context = EvalContext(
+        student, teachers, config, plan, held_out, balancer, comm.device, engine.dtype, comm
+    )
+    vision = VisionEval(config, specs)  # the `eval:` protocols, during training and in the final metrics
+    metrics_at_end = {**METRICS, "vision": vision} if vision else METRICS
     bar = tqdm(
         range(start_step, max_steps),
         initial=start_step,
@@ -236,6 +242,10 @@ def train(config: DistillConfig, output_dir: str | Path, resume: bool = False) -
         done = step + 1
         if done % config.train.log_every == 0 or done == max_steps:
             log.write(done, engine.lr, engine.grad_norm(), bar)
+        if vision.due(done, max_steps):  # every rank takes part; rank 0 logs
+            results = evaluate(context, {"vision": vision})
+            if comm.is_main:
+                reporter.log(done, scalars(results))
         if (config.train.save_every and done % config.train.save_every == 0) or done == max_steps:
             positions = comm.all_gather_object(batches.state())
             state = {"step": done, "world_size": comm.world_size,
@@ -246,10 +256,7 @@ def train(config: DistillConfig, output_dir: str | Path, resume: bool = False) -
     bar.close()
 
     # ---- evaluate (every rank, its share of the held-out images) and save (rank 0)
-    context = EvalContext(
-        student, teachers, config, plan, held_out, balancer, comm.device, engine.dtype, comm
-    )
-    metrics = evaluate(context)
+    metrics = evaluate(context, metrics_at_end)
     if comm.is_main:
         phi_s = balancer.standardizer if isinstance(balancer, PhiSBalancer) else None
         exportable_student(student, phi_s, heads).save_pretrained(output_dir / "student")

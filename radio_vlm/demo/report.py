@@ -168,7 +168,8 @@ def write_figure(path: Path, runs: dict[str, Path], distill_run: Path, pca: Path
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4 if pca else 3, figsize=(18 if pca else 14, 4))
-    metrics = [json.loads(line) for line in (distill_run / "metrics.jsonl").read_text().splitlines() if line]
+    lines = [json.loads(line) for line in (distill_run / "metrics.jsonl").read_text().splitlines() if line]
+    metrics = [m for m in lines if "loss" in m]  # training lines (eval: lines carry eval/* only)
     axes[0].plot([m["step"] for m in metrics], [m["loss"] for m in metrics], color="tab:green")
     axes[0].set_title("distillation loss (student vs teachers)")
     for ax, stage in zip(axes[1:3], ("pretrain", "finetune")):

@@ -292,6 +292,7 @@ def pad_to(pixels: torch.Tensor, step: int) -> torch.Tensor:
     return F.pad(pixels, (0, -w % step, 0, -h % step))
 
 
+@torch.enable_grad()  # the probe learns even when called under no_grad (distill's end-of-run evaluation)
 def train_probe(job: ProbeJob, probe: LinearProbe, train_pairs, fmt: SegFormat, num_classes: int) -> None:
     cfg = job.settings
     optimizer = torch.optim.AdamW(
