@@ -31,19 +31,19 @@ MAX_LISTED_SKIPS = 100
 
 
 def load_model(path: str | Path, device: torch.device, random_init: bool = False, seed: int = 0):
-    """(RadioWithAdaptors in eval mode, RadioImageProcessor) from a model folder.
+    """The RadioWithAdaptors of a model folder, in eval mode on `device`.
 
     `random_init`: the same architecture with fresh random weights (the model class's own initialisation,
     deterministic given `seed`): the untrained baseline a trained model should beat. A distillation student
     built with `train.seed = seed` starts from exactly these weights.
     """
-    model, processor = load_model_and_processor(path, device)
+    model, _ = load_model_and_processor(path, device)
     if random_init:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = type(model)(model.config)
         model = model.to(device).eval()
-    return model, processor
+    return model
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -86,7 +86,7 @@ class Run:
         self.out = Path(args.out)
         if self.ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        self.model, self.processor = load_model(args.model, self.ctx.device, args.random_init, args.seed)
+        self.model = load_model(args.model, self.ctx.device, args.random_init, args.seed)
         if args.adaptor is not None and args.adaptor not in self.model.adaptors:
             raise ValueError(
                 f"{args.model}: the model has no adaptor {args.adaptor!r}; it has "

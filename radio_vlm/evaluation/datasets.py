@@ -115,9 +115,17 @@ class ClassifyTransform:
             )
         self.resolution, self.step, self.pad_value = tuple(resolution), step, pad_value
 
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """(H, W) of the tensor this transform makes from a `height` x `width` image."""
-        return self.resolution if len(self.resolution) == 2 else self._resized(height, width)  # type: ignore[return-value]
+    @classmethod
+    def for_model(cls, model, resolution: tuple[int, ...] | None = None) -> ClassifyTransform:
+        """The transform for `model`: its resolution step and pad colour; `resolution` (default: its preferred
+        resolution (H, W), centre-cropped, as the official scripts' default)."""
+        if not resolution:
+            if model.preferred_resolution is None:
+                raise ValueError("the model config has no preferred_resolution: pass --resolution")
+            resolution = tuple(model.preferred_resolution)
+        return cls(
+            tuple(resolution), model.min_resolution_step, tuple(model.config.backbone_config.norm_mean)
+        )
 
     def _resized(self, height: int, width: int) -> tuple[int, int]:
         if len(self.resolution) == 1:
@@ -164,6 +172,13 @@ class TransformedImages(torch.utils.data.Dataset):
         except ValueError as err:  # corrupt or unreadable: skipped and counted by the caller
             return {"index": index, "image": None, "error": str(err)}
         return {"index": index, "image": self.transform(image), "error": None}
+
+
+def add_resolution_flag(parser) -> None:
+    """--resolution, as the official k-NN and zero-shot scripts take it."""
+    parser.add_argument("--resolution", type=int, nargs="+", default=None,
+                        help="N: short side N px, aspect kept; H W: cover H x W and centre-crop "
+                             "(default: the model's preferred resolution, centre-cropped)")  # fmt: skip
 
 
 def collate_list(items: list) -> list:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .common import Run, add_model_flags, percent
-from .datasets import ClassifyTransform, ImageFolder, check_same_classes
+from .datasets import ClassifyTransform, ImageFolder, add_resolution_flag, check_same_classes
 from .distributed import EvalContext
 from .embed import cache_key, embed_images, load_cached, model_fingerprint, save_cached
 
@@ -79,13 +79,6 @@ def knn_correct(
     top1 = votes.argmax(dim=1) == targets
     top5 = (votes.topk(min(5, num_classes), dim=1).indices == targets[:, None]).any(dim=1)
     return top1, top5
-
-
-def default_resolution(model) -> tuple[int, ...]:
-    """The model's preferred resolution as (H, W): centre-crop mode, as the official scripts' default."""
-    if model.preferred_resolution is None:
-        raise ValueError("the model config has no preferred_resolution: pass --resolution")
-    return tuple(model.preferred_resolution)
 
 
 def folder_summaries(
@@ -164,8 +157,7 @@ def knn_metrics(
     """The protocol on a model in memory (no cache): (metrics, skipped images). `resolution` as --resolution
     (default: the model's preferred resolution, centre-cropped)."""
     check_same_classes(train, val)
-    transform = ClassifyTransform(resolution or default_resolution(model), model.min_resolution_step,
-                                  tuple(model.config.backbone_config.norm_mean))  # fmt: skip
+    transform = ClassifyTransform.for_model(model, resolution)
     train_set = embed_images(model, [p for p, _ in train.samples], transform, ctx, adaptor, batch_size, workers, amp,
                              "embed train")  # fmt: skip
     val_set = embed_images(model, [p for p, _ in val.samples], transform, ctx, adaptor, batch_size, workers, amp,
@@ -180,8 +172,8 @@ def run_knn(args: argparse.Namespace) -> dict:
     train = ImageFolder.scan(args.train, "--train ImageFolder")
     val = ImageFolder.scan(args.val, "--val ImageFolder")
     check_same_classes(train, val)
-    resolution = tuple(args.resolution) if args.resolution else default_resolution(run.model)
-    transform = ClassifyTransform(resolution, run.model.min_resolution_step, run.processor.pad_value)
+    transform = ClassifyTransform.for_model(run.model, args.resolution and tuple(args.resolution))
+    resolution = transform.resolution
     metrics = knn_classify(
         folder_summaries(run, train, "train", transform, resolution),
         folder_summaries(run, val, "val", transform, resolution),
@@ -206,9 +198,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--temperature", type=float, default=TEMPERATURE, help="vote weight exp(s / T) (default 0.07)"
     )
-    parser.add_argument("--resolution", type=int, nargs="+", default=None,
-                        help="N: short side N px, aspect kept; H W: cover H x W and centre-crop "
-                             "(default: the model's preferred resolution, centre-cropped)")  # fmt: skip
+    add_resolution_flag(parser)
     parser.add_argument("--cache-dir", default=None, help="embedding cache folder (default OUT/cache)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached embeddings")
     parser.add_argument("--query-chunk", type=int, default=1024, help="queries per similarity block")

@@ -195,8 +195,8 @@ class ProbeTrainViews(torch.utils.data.Dataset):
         for _ in range(CROP_TRIES):  # mmseg RandomCrop with cat_max_ratio
             top = int(rng.integers(0, max(size[0] - c, 0) + 1))
             left = int(rng.integers(0, max(size[1] - c, 0) + 1))
-            classes, counts = np.unique(label[top : top + c, left : left + c], return_counts=True)
-            counts = counts[classes != IGNORE_INDEX]
+            counts = np.bincount(label[top : top + c, left : left + c].ravel(), minlength=256)[:IGNORE_INDEX]
+            counts = counts[counts > 0]
             if len(counts) > 1 and counts.max() / counts.sum() < CAT_MAX_RATIO:
                 break
         image, label = image[top : top + c, left : left + c], label[top : top + c, left : left + c]

@@ -36,13 +36,13 @@ from .datasets import (
     ClassifyTransform,
     ImageFolder,
     TransformedImages,
+    add_resolution_flag,
     collate_list,
     load_classnames,
     load_templates,
 )
 from .distributed import EvalContext
 from .embed import embed_images
-from .knn import default_resolution
 
 CLASSES_PER_BATCH = 10  # text forwards of 10 classes x all templates, as open_clip's default
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
@@ -219,8 +219,7 @@ def zero_shot_metrics(
             f"outputs {summary['output_dim']}: pass the text tower of the teacher this adaptor was distilled from"
         )
     classifier = zero_shot_classifier(tower, classnames, templates).cpu()
-    transform = ClassifyTransform(resolution or default_resolution(model), model.min_resolution_step,
-                                  tuple(model.config.backbone_config.norm_mean))  # fmt: skip
+    transform = ClassifyTransform.for_model(model, resolution)
     paths = [p for p, _ in val.samples]
     student, valid, skipped = embed_images(
         model, paths, transform, ctx, adaptor, batch_size, workers, amp, "embed val"
@@ -260,7 +259,7 @@ def run_zero_shot(args: argparse.Namespace) -> dict:
     classnames = load_classnames(args.classnames, val.classes)
     templates = load_templates(args.templates)
     tower = load_text_tower(args.text_tower, args.text_tower_arch, run.ctx.device)
-    resolution = tuple(args.resolution) if args.resolution else default_resolution(run.model)
+    resolution = ClassifyTransform.for_model(run.model, args.resolution and tuple(args.resolution)).resolution
     metrics, skipped = zero_shot_metrics(
         run.model, args.adaptor, val, tower, classnames, templates, run.ctx, resolution,
         args.agreement_with_teacher, args.batch_size, args.workers, args.amp,
@@ -293,8 +292,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--templates", default="openai", help="'openai' (80), 'simple' (7) or a file with '{}' per line"
     )
-    parser.add_argument("--resolution", type=int, nargs="+", default=None,
-                        help="N: short side N px, aspect kept; H W: cover H x W and centre-crop (default: preferred)")  # fmt: skip
+    add_resolution_flag(parser)
     parser.add_argument("--agreement-with-teacher", action="store_true",
                         help="also run the teacher's image tower and report how often both predict the same class")  # fmt: skip
 

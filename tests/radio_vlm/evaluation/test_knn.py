@@ -66,7 +66,7 @@ def test_resize_rules_follow_the_official_transform():
 
 
 def test_packed_batches_give_each_image_its_own_summary(tiny_model):
-    model, _ = load_model(tiny_model, torch.device("cpu"))
+    model = load_model(tiny_model, torch.device("cpu"))
     images = [
         torch.rand(3, h, w, generator=torch.Generator().manual_seed(h + w))
         for h, w in ((64, 96), (32, 48), (64, 64))
@@ -106,7 +106,7 @@ def test_knn_command_matches_a_slow_reference_and_reuses_its_cache(vision_data, 
                 "--batch-size", "7"]  # fmt: skip
         assert main([*argv, "--k", "5"]) == 0
         record = json.loads((tmp_path / "metrics.json").read_text())
-        model, _ = load_model(tiny_model, torch.device("cpu"))
+        model = load_model(tiny_model, torch.device("cpu"))
         train = ImageFolder.scan(vision_data / "classify" / "train")
         val = ImageFolder.scan(vision_data / "classify" / "val")
         val = ImageFolder(val.root, val.classes, tuple(s for s in val.samples if s[0] != str(bad)))

@@ -51,7 +51,7 @@ def test_checkpoints_round_trip_and_bad_ones_are_named(sam_folder, tmp_path):
 
 def test_radio_encoder_is_the_sam_neck_on_the_sam_adaptor(sam_folder, tiny_model):
     teacher, _ = load_sam(sam_folder)
-    radio, _ = load_model(tiny_model, torch.device("cpu"))
+    radio = load_model(tiny_model, torch.device("cpu"))
     student = student_sam(teacher, radio, "sam", resolution=64)
     pixels = torch.rand(
         1, 3, 128, 128, generator=torch.Generator().manual_seed(0)
@@ -90,7 +90,7 @@ def test_sam_command_matches_the_one_box_at_a_time_reference(vision_data, sam_fo
     assert main(argv) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     teacher, _ = load_sam(sam_folder)
-    radio, _ = load_model(tiny_model, torch.device("cpu"))
+    radio = load_model(tiny_model, torch.device("cpu"))
     assert metrics["teacher_miou"] == pytest.approx(_reference_miou(teacher, vision_data / "coco"), abs=1e-6)
     student = student_sam(teacher, radio, "sam", resolution=64)
     assert metrics["miou"] == pytest.approx(_reference_miou(student, vision_data / "coco"), abs=1e-6)

@@ -94,7 +94,7 @@ def test_slide_windows_cover_the_image_and_average_overlaps(tiny_model):
     from radio_vlm.evaluation.common import load_model
     from radio_vlm.evaluation.seg_probe import LinearProbe, ProbeJob, ProbeSettings, slide_logits
 
-    model, _ = load_model(tiny_model, torch.device("cpu"))
+    model = load_model(tiny_model, torch.device("cpu"))
     job = ProbeJob(model, None, ProbeSettings(crop_size=32), torch.device("cpu"))
     probe = LinearProbe(32, 3).eval()
     pixels = torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(0))

@@ -82,8 +82,8 @@ def test_zero_shot_command_against_open_clip_on_the_teacher_itself(
     assert metrics["teacher_classes_predicted"] == teacher.argmax(1).unique().numel()
 
     # the student's: its clip summary of the centre-cropped 64 px view, one image at a time
-    student_model, processor = load_model(tiny_model, torch.device("cpu"))
-    transform = ClassifyTransform((64, 64), 16, processor.pad_value)
+    student_model = load_model(tiny_model, torch.device("cpu"))
+    transform = ClassifyTransform.for_model(student_model)
     with torch.no_grad():
         summaries = torch.cat([student_model(transform(i)[None]).adaptors["clip"].summary for i in images])
     student = F.normalize(summaries, dim=1) @ classifier
