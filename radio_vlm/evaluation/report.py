@@ -21,6 +21,7 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
         ("zero-shot top-1", "top1"),
         ("zero-shot top-5", "top5"),
         ("zero-shot agreement", "agreement"),
+        ("zero-shot logit correlation", "logit_correlation"),
     ],
     "seg-probe": [("seg-probe mIoU", "miou")],
     "sam": [("SAM mIoU", "miou"), ("SAM agreement mIoU", "agreement_miou")],
