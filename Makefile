@@ -41,6 +41,7 @@ bench: install
 	$(PY) bench/distill.py --json
 	$(PY) bench/data_scale.py --json
 	$(PY) bench/eradio.py --json
+	$(PY) bench/eval_knn.py --json
 
 clean:
 	rm -rf demo_out .pytest_cache
