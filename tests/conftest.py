@@ -3,6 +3,7 @@ to launch a child Python (its environment, a free port for torchrun)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Callable
@@ -43,6 +44,28 @@ def free_port() -> Callable[[], int]:
             return sock.getsockname()[1]
 
     return pick
+
+
+@pytest.fixture(scope="session")
+def modules_run() -> Callable:
+    """A context manager: `with modules_run(root) as ran:` collects into the set `ran` the names (as in
+    `root.named_modules()`) of the submodules of `root` called inside the block."""
+
+    @contextlib.contextmanager
+    def record(root):
+        ran: set[str] = set()
+        hooks = [
+            module.register_forward_hook(lambda *_, name=name: ran.add(name))
+            for name, module in root.named_modules()
+            if name
+        ]
+        try:
+            yield ran
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    return record
 
 
 @pytest.fixture(autouse=True)

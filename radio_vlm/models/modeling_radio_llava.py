@@ -128,6 +128,7 @@ class RadioLlavaVisionModel(PreTrainedModel):
         layer_sources = [arg for kind, arg in self.sources if kind == "layer"]  # ViT backbones only
         depth = len(self.radio.backbone.encoder.layer) if layer_sources else 1
         layers = sorted({arg % depth for arg in layer_sources})
+        heads = [arg for kind, arg in self.sources if kind == "adaptor"]  # only these heads run
         if layers:
             only_layers = all(kind == "layer" for kind, _ in self.sources)
             result = self.radio.forward_intermediates(
@@ -136,11 +137,13 @@ class RadioLlavaVisionModel(PreTrainedModel):
                 output_fmt="NLC",
                 intermediates_only=only_layers,
                 image_grid_hw=grid_hw,
+                adaptors=heads,
             )
             out, intermediates = (None, result) if only_layers else result
             by_layer = dict(zip(layers, intermediates))
         else:
-            out, by_layer = self.radio(pixel_values, feature_fmt="NLC", image_grid_hw=grid_hw), {}
+            out = self.radio(pixel_values, feature_fmt="NLC", image_grid_hw=grid_hw, adaptors=heads)
+            by_layer = {}
         parts = []
         for kind, arg in self.sources:
             if kind == "backbone":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -68,7 +68,7 @@ class RadioWithAdaptorsOutput(ModelOutput):
     features: (B, h*w, D) NLC or (B, D, h, w) NCHW, the patch tokens after the feature normalizer.
         Packed input (`image_grid_hw`): summary (num_images, ...), features (sum_i h_i*w_i, D) NLC,
         adaptor features (sum_i h_i*u * w_i*u, C) with u the head's upsample factor.
-    adaptors: {name: RadioOutput} per teacher head, float32.
+    adaptors: {name: RadioOutput} per teacher head computed (all by default; see `forward(adaptors=...)`), float32.
     last_hidden_state: (B, S + h*w, D) all tokens after the last block and the final norm, if the model has
         one (packed: (1, total, D)).
     hidden_states: with `output_hidden_states=True`, the embeddings and every block's output (before the
@@ -346,11 +346,28 @@ class RadioWithAdaptors(PreTrainedModel):
             return features
         return features.reshape(features.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2)
 
+    def _head_names(self, adaptors: Sequence[str] | None) -> list[str]:
+        """The adaptor heads a forward computes: all for None, else the given names (checked)."""
+        if adaptors is None:
+            return list(self.adaptors)
+        if isinstance(adaptors, str):
+            raise ValueError(
+                f"adaptors must be a list of head names, got the string {adaptors!r}: pass [{adaptors!r}]"
+            )
+        unknown = [name for name in adaptors if name not in self.adaptors]
+        if unknown:
+            raise ValueError(
+                f"adaptors {unknown} are not heads of this model; its heads are {list(self.adaptors)} "
+                "(None computes all of them, [] none)"
+            )
+        return list(dict.fromkeys(adaptors))
+
     def _head_outputs(
-        self, cls_tokens, features, grids, packed: bool, feature_fmt: str
+        self, cls_tokens, features, grids, packed: bool, feature_fmt: str, names: list[str]
     ) -> dict[str, RadioOutput]:
         outputs = {}
-        for name, head in self.adaptors.items():
+        for name in names:
+            head = self.adaptors[name]
             if packed:
                 chunks = features.split([h * w for h, w in grids])
                 parts = [head.forward_features(c[None], g) for c, g in zip(chunks, grids)]
@@ -392,16 +409,21 @@ class RadioWithAdaptors(PreTrainedModel):
         feature_fmt: str = "NLC",
         image_grid_hw: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        adaptors: Sequence[str] | None = None,
         **kwargs,
     ) -> RadioWithAdaptorsOutput:
-        """Summary, features and every adaptor's outputs.
+        """Summary, features and the adaptors' outputs.
 
         pixel_values: (B, 3, H, W) RGB in [0, 1], H and W multiples of `min_resolution_step`; or, with
             `image_grid_hw` (num_images, 2) patch grids, the concatenated flattened patches
             (sum_i h_i*w_i, 3*p*p) of differently sized images (channel-major patches, as RadioModel packs).
             With 4-D `pixel_values` a given `image_grid_hw` is not needed and is ignored, as are other
             processor outputs in `kwargs` (`image_sizes`), so `model(**processor(images))` works either way.
+        adaptors: the heads to compute, by name: None (default) every head, a list those (`output.adaptors`
+            holds only them), [] none. Heads nobody reads cost time (a SAM head upsamples), so a caller that
+            needs the backbone's features only passes [].
         """
+        names = self._head_names(adaptors)
         image_grid_hw = self._packed_grids(pixel_values, image_grid_hw)
         packed = image_grid_hw is not None
         self._check_fmt(feature_fmt, packed)
@@ -409,17 +431,23 @@ class RadioWithAdaptors(PreTrainedModel):
             if output_hidden_states:
                 raise ValueError("hidden states need a ViT backbone (model_type 'radio')")
             if packed:
-                return self._forward_other_backbone_packed(pixel_values, image_grid_hw)
-            return self._forward_other_backbone(pixel_values, feature_fmt)
+                return self._forward_other_backbone_packed(pixel_values, image_grid_hw, names)
+            return self._forward_other_backbone(pixel_values, feature_fmt, names)
         hidden, grids = self._embed(pixel_values, image_grid_hw)
         depth = len(self.backbone.encoder.layer)
         keep = set(range(depth)) if output_hidden_states else set()
         outputs = self._run_blocks(hidden, grids, packed, keep, depth - 1)
         hidden_states = (hidden, *(outputs[i] for i in range(depth))) if output_hidden_states else None
-        return self._final_outputs(outputs[depth - 1], grids, packed, feature_fmt, hidden_states)
+        return self._final_outputs(outputs[depth - 1], grids, packed, feature_fmt, names, hidden_states)
 
     def _final_outputs(
-        self, last: torch.Tensor, grids: list, packed: bool, feature_fmt: str, hidden_states=None
+        self,
+        last: torch.Tensor,
+        grids: list,
+        packed: bool,
+        feature_fmt: str,
+        names: list[str],
+        hidden_states=None,
     ):
         if self.final_norm is not None:
             last = self.final_norm(last)
@@ -429,13 +457,13 @@ class RadioWithAdaptors(PreTrainedModel):
         return RadioWithAdaptorsOutput(
             summary=summary,
             features=features if packed else self._format(features, grids[0], feature_fmt),
-            adaptors=self._head_outputs(cls_tokens, features, grids, packed, feature_fmt),
+            adaptors=self._head_outputs(cls_tokens, features, grids, packed, feature_fmt, names),
             last_hidden_state=last,
             hidden_states=hidden_states,
         )
 
     def _forward_other_backbone(
-        self, pixel_values: torch.Tensor, feature_fmt: str
+        self, pixel_values: torch.Tensor, feature_fmt: str, names: list[str]
     ) -> RadioWithAdaptorsOutput:
         out = self.backbone(pixel_values)
         features = out.features
@@ -446,11 +474,11 @@ class RadioWithAdaptors(PreTrainedModel):
         return RadioWithAdaptorsOutput(
             summary=out.summary,
             features=self._format(features, grid, feature_fmt),
-            adaptors=self._head_outputs(cls_tokens, features, [grid], False, feature_fmt),
+            adaptors=self._head_outputs(cls_tokens, features, [grid], False, feature_fmt, names),
         )
 
     def _forward_other_backbone_packed(
-        self, patches: torch.Tensor, image_grid_hw: torch.Tensor
+        self, patches: torch.Tensor, image_grid_hw: torch.Tensor, names: list[str]
     ) -> RadioWithAdaptorsOutput:
         """Packed input for a convolutional backbone (E-RADIO): each image is rebuilt from its patches
         (channel-major, row-major as `patchify`) and run alone; the outputs are packed as the ViT's."""
@@ -458,7 +486,7 @@ class RadioWithAdaptors(PreTrainedModel):
         outs = []
         for (h, w), chunk in zip(grids, patches.split([h * w for h, w in grids])):
             image = chunk.reshape(h, w, -1, p, p).permute(2, 0, 3, 1, 4).reshape(1, -1, h * p, w * p)
-            outs.append(self._forward_other_backbone(image, "NLC"))
+            outs.append(self._forward_other_backbone(image, "NLC", names))
 
         def pack(parts: list[torch.Tensor | None], tokens: bool) -> torch.Tensor | None:
             return None if parts[0] is None else torch.cat([x[0] if tokens else x for x in parts])
@@ -471,7 +499,7 @@ class RadioWithAdaptors(PreTrainedModel):
                     summary=pack([o.adaptors[name].summary for o in outs], False),
                     features=pack([o.adaptors[name].features for o in outs], True),
                 )
-                for name in self.adaptors
+                for name in names
             },
         )
 
@@ -486,6 +514,7 @@ class RadioWithAdaptors(PreTrainedModel):
         aggregation: str = "sparse",
         norm_alpha_scheme: str = "post-alpha",
         image_grid_hw: torch.Tensor | None = None,
+        adaptors: Sequence[str] | None = None,
     ):
         """Block outputs at `indices`, as the official `RADIOModel.forward_intermediates`.
 
@@ -500,7 +529,8 @@ class RadioWithAdaptors(PreTrainedModel):
         Returns a list with one entry per index: features (B, D, h, w) NCHW or (B, h*w, D) NLC, or with
         `return_prefix_tokens` a `RadioOutput(summary=(B, len(summary_idxs)*D) CLS tokens, features)`.
         Unless `intermediates_only`, returns `(final RadioWithAdaptorsOutput, intermediates)`; the final output
-        is `forward`'s whatever `norm` says (the official code leaves its final norm out when `norm=False`).
+        is `forward`'s whatever `norm` says (the official code leaves its final norm out when `norm=False`),
+        with the adaptor heads `adaptors` selects (as in `forward`).
         """
         if aggregation not in ("sparse", "dense"):
             raise ValueError(f"aggregation must be 'sparse' or 'dense', got {aggregation!r}")
@@ -508,6 +538,7 @@ class RadioWithAdaptors(PreTrainedModel):
             raise ValueError(
                 f"norm_alpha_scheme must be 'post-alpha', 'pre-alpha' or 'none', got {norm_alpha_scheme!r}"
             )
+        names = self._head_names(adaptors)
         image_grid_hw = self._packed_grids(pixel_values, image_grid_hw)
         packed = image_grid_hw is not None
         self._check_fmt(output_fmt, packed)
@@ -539,7 +570,7 @@ class RadioWithAdaptors(PreTrainedModel):
                 intermediates.append(features)
         if intermediates_only:
             return intermediates
-        return self._final_outputs(outputs[depth - 1], grids, packed, output_fmt), intermediates
+        return self._final_outputs(outputs[depth - 1], grids, packed, output_fmt, names), intermediates
 
     @staticmethod
     def _take_indices(depth: int, indices) -> list[int]:

@@ -59,6 +59,31 @@ def test_feature_sources_concatenate(images):
         load_vision_tower("tiny-radio", feature_sources=["adaptor:nope"])
 
 
+@pytest.mark.parametrize(
+    "sources",
+    [["backbone"], ["adaptor:dino_v2"], ["layer:0", "adaptor:clip"]],
+    ids=["backbone", "dino", "layer+clip"],
+)
+def test_tower_runs_only_the_adaptor_heads_it_reads(modules_run, sources):
+    """A head the feature sources do not read never runs (tiny-radio's SAM head upsamples), and the
+    features equal those the full RADIO output (every head) gives, packed or not."""
+    tower = load_vision_tower("tiny-radio", feature_sources=sources)
+    padded, sizes = torch.rand(2, 3, 64, 64), torch.tensor([[48, 64], [64, 32]])  # packed, cropped to sizes
+    with torch.no_grad(), modules_run(tower.radio) as ran:
+        features = tower(padded, image_sizes=sizes).last_hidden_state[0]
+    heads = {name.split(".")[1] for name in ran if name.startswith("adaptors.")}
+    assert heads == {arg for kind, _, arg in (s.partition(":") for s in sources) if kind == "adaptor"}
+    with torch.no_grad():
+        expected = []
+        for image, (h, w) in zip(padded, sizes.tolist()):
+            x = image[None, :, :h, :w]
+            full, (layer0,) = tower.radio.forward_intermediates(x, indices=[0], output_fmt="NLC")
+            by_source = {"backbone": full.features, "layer:0": layer0}
+            by_source.update({f"adaptor:{n}": o.features for n, o in full.adaptors.items()})
+            expected.append(torch.cat([by_source[s][0] for s in sources], -1))
+    torch.testing.assert_close(features, torch.cat(expected), rtol=0, atol=1e-5)
+
+
 def test_tower_frozen_unless_trainable_and_always_in_eval(images):
     frozen = load_vision_tower("tiny-radio", output_layernorm=True)
     frozen.train()

@@ -188,17 +188,19 @@ def test_same_size_batch_matches_original_llava(llava):
             assert (a is None and c is None) or torch.allclose(a.float(), c.float(), atol=1e-6)
 
 
-def test_differently_sized_images_forward_backward(llava):
+def test_differently_sized_images_forward_backward(llava, modules_run):
     """LLaVA's LlavaLlamaForCausalLM with the RADIO tower trains on one batch of differently sized images
     (LLaVA's own code cannot: it torch.cat's them); each row equals that sample run alone through
-    LLaVA's original code."""
+    LLaVA's original code. The tower reads the backbone's features, so no adaptor head runs."""
     model = tiny_llava(llava)
     input_ids, labels, mask = _batch()
     images = [torch.rand(3, 32, 48), torch.rand(3, 48, 16), torch.zeros(3, 48, 48)]  # last: text-only dummy
     with pytest.raises(RuntimeError):  # what the replacement fixes
         _ORIGINALS["prepare_inputs_labels_for_multimodal"](model, input_ids, None, mask, None, labels, images)
 
-    out = model(input_ids=input_ids, attention_mask=mask, labels=labels, images=images)
+    with modules_run(model.get_vision_tower()) as ran:
+        out = model(input_ids=input_ids, attention_mask=mask, labels=labels, images=images)
+    assert "vision_tower.radio.backbone.encoder.layer.0" in ran and not [n for n in ran if ".adaptors." in n]
     out.loss.backward()
     projector = model.get_model().mm_projector
     assert torch.isfinite(out.loss)

@@ -203,8 +203,9 @@ def test_cli_convert_with_constructor_option(tmp_path, fixture_files):
             torch.testing.assert_close(got, expected[f"{name}.features_nchw"], atol=ATOL, rtol=0)
 
 
-def test_packed_input_and_llava_tower(fixture_files, converted):
-    """Packed differently sized images (the LLaVA tower's input) give each image's own outputs."""
+def test_packed_input_and_llava_tower(fixture_files, converted, modules_run):
+    """Packed differently sized images (the LLaVA tower's input) give each image's own outputs; the tower
+    reads the backbone's features and runs no adaptor head."""
     from radio_vlm.models.image_processing_radio import patchify
     from radio_vlm.models.modeling_radio_llava import RadioLlavaVisionModel
 
@@ -233,6 +234,7 @@ def test_packed_input_and_llava_tower(fixture_files, converted):
     tower = RadioLlavaVisionModel.from_radio(model)
     padded = torch.zeros(2, 3, 128, 192)
     padded[0, :, :64, :96], padded[1] = images
-    with torch.no_grad():
+    with torch.no_grad(), modules_run(model) as ran:
         out = tower(padded, image_sizes=torch.tensor([[64, 96], [128, 192]]))
     torch.testing.assert_close(out.last_hidden_state[0], packed.features, atol=0, rtol=0)
+    assert "backbone" in ran and not [name for name in ran if name.startswith("adaptors.")]

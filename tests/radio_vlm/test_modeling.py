@@ -107,6 +107,47 @@ def test_packed_batch_equals_per_image_runs(model):
         model(pixel_values, image_grid_hw=grids, feature_fmt="NCHW")
 
 
+def heads_run(ran: set[str]) -> set[str]:
+    """The adaptor heads (by name) with a module that ran, from `modules_run` names."""
+    return {name.split(".")[1] for name in ran if name.startswith("adaptors.")}
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_only_the_adaptor_heads_asked_for_run(model, modules_run, packed):
+    """adaptors=None runs every head; a list runs those heads only, with outputs equal to the full run's;
+    [] runs none and leaves the backbone's outputs unchanged."""
+    images = [torch.rand(1, 3, 32, 48), torch.rand(1, 3, 48, 16)]
+    inputs = (
+        dict(zip(("pixel_values", "image_grid_hw"), pack(images))) if packed else {"pixel_values": images[0]}
+    )
+    with modules_run(model) as ran:
+        full = model(**inputs)
+    assert heads_run(ran) == set(full.adaptors) == {"clip", "dino_v2", "sam"}
+    for asked in (["sam"], ["clip", "dino_v2"], []):
+        with modules_run(model) as ran:
+            out = model(**inputs, adaptors=asked)
+        assert heads_run(ran) == set(out.adaptors) == set(asked)
+        torch.testing.assert_close(out.summary, full.summary, rtol=0, atol=0)
+        torch.testing.assert_close(out.features, full.features, rtol=0, atol=0)
+        for name in asked:
+            for field in ("summary", "features"):
+                torch.testing.assert_close(
+                    getattr(out.adaptors[name], field), getattr(full.adaptors[name], field), rtol=0, atol=0
+                )
+    with modules_run(model) as ran:
+        final, _ = model.forward_intermediates(**inputs, indices=[0], output_fmt="NLC", adaptors=["clip"])
+    assert heads_run(ran) == set(final.adaptors) == {"clip"}
+    torch.testing.assert_close(
+        final.adaptors["clip"].features, full.adaptors["clip"].features, rtol=0, atol=0
+    )
+    with pytest.raises(
+        ValueError, match=r"\['siglip'\] are not heads of this model.*'clip', 'dino_v2', 'sam'"
+    ):
+        model(**inputs, adaptors=["clip", "siglip"])
+    with pytest.raises(ValueError, match=r"pass \['clip'\]"):
+        model(**inputs, adaptors="clip")
+
+
 def test_packed_vitdet_equals_per_image_runs():
     model = build_tiny_radio("tiny-radio-4layer")
     model.set_vitdet(2, num_global=2)
