@@ -11,7 +11,15 @@ tokens and stripped. Each line written is `{question_id, prompt, text, answer_id
 
 Beyond LLaVA (batch size 1, no resume):
 - `--batch-size` > 1 batches questions with left padding; images of different sizes share the batch (the
-  processor pads them, the vision tower crops each back), so answers equal batch-size-1 answers.
+  processor pads them, the vision tower crops each back), so answers equal batch-size-1 answers. Batches are
+  made of questions whose images cost about the same number of tokens (sizes read from the image headers
+  first), so a batch pads little; the answers file is put back in question order when the chunk is done.
+- The decoder writes into a static KV cache (preallocated, one write per token) instead of transformers'
+  default dynamic cache, which copies the whole cache of every layer at every token (`torch.cat`): the copy
+  costs as much per row as the attention itself, so batching could not amortise it.
+- Images are read and processed in `--num-workers` DataLoader workers (4 as in model_vqa_loader.py, or the
+  number of CPUs if fewer), a few batches ahead of the model, so decoding and resizing stay off the critical
+  path.
 - Resumable: questions already in `--answers-file` are skipped, and a half-written last line (a run killed
   mid-write) is cut off and its question answered again, so a re-run leaves no duplicate and no gap.
 - Chunk k of n is the contiguous slice LLaVA's `get_chunk` gives (size ceil(N / n)); where LLaVA fails on a
@@ -25,11 +33,14 @@ import argparse
 import json
 import math
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import PIL.Image
 import torch
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from llava_patch.conversation import IMAGE_TAG, get_template
@@ -38,6 +49,8 @@ from radio_vlm.models.image_io import load_image
 
 CONV_MODE = "vicuna_v1"  # scripts/v1_5/eval/*.sh pass --conv-mode vicuna_v1
 MAX_NEW_TOKENS = 128  # model_vqa_loader.py default
+NUM_WORKERS = min(4, os.cpu_count() or 1)  # model_vqa_loader.py's DataLoader has 4
+EXIF_ORIENTATION = 0x0112  # values 5-8 rotate the image by 90 degrees (width and height swap)
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,73 @@ def model_name(model_path: str) -> str:
     return f"{parts[-2]}_{parts[-1]}" if parts[-1].startswith("checkpoint-") and len(parts) > 1 else parts[-1]
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) in px of an image file as the model sees it (EXIF rotation applied), from its header."""
+    with PIL.Image.open(path) as image:
+        width, height = image.size
+        if image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+            width, height = height, width
+    return height, width
+
+
+def group_by_image_tokens(questions: list[Question], image_folder: str | Path, processor) -> list[Question]:
+    """`questions` ordered by their image's token count, then prompt length (stable): consecutive batches hold
+    images of about the same cost, so left padding wastes little prefill and attention.
+
+    An image whose header cannot be read is an error naming the question, before any generation.
+    """
+    tokens = []
+    for q in tqdm(questions, desc="image sizes", unit="image", leave=False):
+        path = Path(image_folder) / q.image
+        try:
+            tokens.append(processor.image_processor.num_image_tokens(*image_size(path)))
+        except (OSError, SyntaxError, ValueError) as err:
+            raise EvalInputError(f"question {q.question_id!r} (line {q.line}): image {path}: {err}") from None
+    order = sorted(range(len(questions)), key=lambda i: (tokens[i], len(questions[i].text)))
+    return [questions[i] for i in order]
+
+
+class QuestionBatches(Dataset):
+    """Batch `i` of the questions as model inputs (`processor` output), made where the DataLoader runs it.
+
+    An unreadable image comes back as the `EvalInputError` naming it, not raised, so the main process raises
+    it with its own message (a worker's exception would arrive wrapped in the worker's traceback).
+    """
+
+    def __init__(self, batches: list[list[Question]], processor, image_folder: str | Path, conv_mode: str):
+        self.batches = batches
+        self.processor = processor
+        self.image_folder = image_folder
+        self.conv_mode = conv_mode
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> tuple[list[Question], dict[str, torch.Tensor] | EvalInputError]:
+        batch, images = self.batches[index], []
+        for q in batch:
+            try:
+                images.append(load_image(Path(self.image_folder) / q.image))
+            except ValueError as err:
+                return batch, EvalInputError(f"question {q.question_id!r} (line {q.line}): {err}")
+        inputs = self.processor(images=images, text=[build_prompt(q.text, self.conv_mode) for q in batch])
+        return batch, dict(inputs)
+
+
+def restore_question_order(answers_file: Path, questions: list[Question]) -> None:
+    """Rewrite `answers_file` in the order of `questions` (answers of other ids last), atomically, if it is
+    not in that order: a chunk in question order is what `radio-llava merge` (LLaVA's `cat`) expects."""
+    position = {q.question_id: i for i, q in enumerate(questions)}
+    lines = [
+        line for line in answers_file.read_text(encoding="utf-8").splitlines(keepends=True) if line.strip()
+    ]
+    ordered = sorted(lines, key=lambda line: position.get(json.loads(line)["question_id"], len(position)))
+    if ordered != lines:
+        partial = answers_file.with_name(answers_file.name + ".reorder")
+        partial.write_text("".join(ordered), encoding="utf-8")
+        os.replace(partial, answers_file)
+
+
 @torch.inference_mode()
 def generate_answers(
     model,
@@ -133,8 +213,10 @@ def generate_answers(
     temperature: float = 0.0,
     conv_mode: str = CONV_MODE,
     model_id: str = "model",
+    num_workers: int = NUM_WORKERS,
 ) -> int:
-    """Answer `questions` (skipping ids already in `answers_file`), appending one JSON line per answer.
+    """Answer `questions` (skipping ids already in `answers_file`), appending one JSON line per answer; the
+    file ends in question order. Images load in `num_workers` DataLoader workers (0: in this process).
 
     Returns how many questions were answered in this call.
     """
@@ -147,19 +229,35 @@ def generate_answers(
             raise FileNotFoundError(
                 f"question {q.question_id!r} (line {q.line}): image {Path(image_folder) / q.image} not found"
             )
+    if batch_size > 1:
+        todo = group_by_image_tokens(todo, image_folder, processor)
     processor.tokenizer.padding_side = "left"  # generation continues from the last position of every row
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    loader = DataLoader(
+        QuestionBatches(batches, processor, image_folder, conv_mode),
+        batch_size=None,  # each item is already a batch
+        num_workers=min(num_workers, len(batches)),
+        pin_memory=device.type == "cuda",
+    )
     with open(answers_file, "a", encoding="utf-8") as out, tqdm(total=len(todo), unit="question") as bar:
-        for i in range(0, len(todo), batch_size):
-            batch = todo[i : i + batch_size]
-            images = [load_image(Path(image_folder) / q.image) for q in batch]
-            inputs = processor(images=images, text=[build_prompt(q.text, conv_mode) for q in batch])
-            inputs = {k: v.to(device) for k, v in inputs.items()}
+        for batch, inputs in loader:
+            if isinstance(inputs, EvalInputError):
+                raise inputs
+            inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
             output = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, num_beams=1, use_cache=True, **sampling
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                num_beams=1,
+                use_cache=True,
+                cache_implementation="static",
+                # transformers compiles the forward for a static cache on a GPU: every batch has another
+                # prompt length, so it would recompile per batch
+                disable_compile=True,
+                **sampling,
             )
             texts = processor.batch_decode(
                 output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
@@ -176,6 +274,7 @@ def generate_answers(
                 out.write(json.dumps(row) + "\n")
             out.flush()
             bar.update(len(batch))  # tqdm's rate reads "question/s"
+    restore_question_order(answers_file, questions)  # also after a run killed before it got here
     return len(todo)
 
 
@@ -190,7 +289,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--num-chunks", type=int, default=1)
     parser.add_argument("--chunk-idx", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="questions per generate call (1 = LLaVA's loop; try 16)"
+    )
+    parser.add_argument(
+        "--num-workers", type=int, default=NUM_WORKERS, help="DataLoader workers reading images (0 = none)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (LLaVA-1.5's evaluation)")
     parser.add_argument("--conv-mode", default=CONV_MODE)
@@ -211,6 +315,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise SystemExit("error: --batch-size must be at least 1")
+    if args.num_workers < 0:
+        raise SystemExit("error: --num-workers must be 0 or more")
     try:
         questions = load_questions(args.question_file)
         chunk = questions[chunk_slice(len(questions), args.num_chunks, args.chunk_idx)]
@@ -220,6 +326,7 @@ def run(args: argparse.Namespace) -> int:
     model, processor = load_pretrained(args.model, dtype=dtype)
     set_token_budget(model, processor, args.token_merge, args.max_image_tokens)
     model.to(args.device).eval()
+    start = time.perf_counter()
     try:
         count = generate_answers(
             model,
@@ -232,10 +339,13 @@ def run(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             conv_mode=args.conv_mode,
             model_id=model_name(os.fspath(args.model)),
+            num_workers=args.num_workers,
         )
     except (EvalInputError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
+    seconds = time.perf_counter() - start
     print(
-        f"answered {count} questions of chunk {args.chunk_idx}/{args.num_chunks}; answers in {args.answers_file}"
+        f"answered {count} questions of chunk {args.chunk_idx}/{args.num_chunks} in {seconds:.1f} s "
+        f"({count / seconds:.2f} questions/s); answers in {args.answers_file}"
     )
     return 0

@@ -14,10 +14,12 @@ from PIL import Image
 
 from llava_patch.cli import main
 from llava_patch.eval.generate import (
+    EXIF_ORIENTATION,
     answered_question_ids,
     build_prompt,
     chunk_slice,
     generate_answers,
+    image_size,
     load_questions,
     model_name,
 )
@@ -56,11 +58,20 @@ def loaded(bench):
     return model.eval(), processor
 
 
-def _generate(loaded, bench, out: Path, questions=None, batch_size: int = 1) -> list[dict]:
+def _generate(
+    loaded, bench, out: Path, questions=None, batch_size: int = 1, num_workers: int = 1
+) -> list[dict]:
     model, processor = loaded
     questions = load_questions(bench["questions"]) if questions is None else questions
     generate_answers(
-        model, processor, questions, bench["images"], out, batch_size=batch_size, max_new_tokens=5
+        model,
+        processor,
+        questions,
+        bench["images"],
+        out,
+        batch_size=batch_size,
+        max_new_tokens=5,
+        num_workers=num_workers,
     )
     return [json.loads(line) for line in out.read_text().splitlines()]
 
@@ -94,9 +105,29 @@ def test_model_id_as_llava_names_it() -> None:
 
 
 def test_batched_answers_equal_one_by_one_and_chunks_merge_in_order(loaded, bench, tmp_path: Path) -> None:
-    single = _generate(loaded, bench, tmp_path / "single.jsonl", batch_size=1)
-    batched = _generate(loaded, bench, tmp_path / "batched.jsonl", batch_size=3)
-    assert [r["question_id"] for r in single] == [f"q{i}" for i in range(5)]
+    model, processor = loaded
+    batches = []  # image tokens of each row, per generate call
+    generate = model.generate
+
+    def recording(**inputs):
+        batches.append(sorted((inputs["input_ids"] == processor.image_token_id).sum(1).tolist()))
+        return generate(**inputs)
+
+    single = _generate(loaded, bench, tmp_path / "single.jsonl", batch_size=1, num_workers=0)
+    model.generate = recording
+    try:
+        batched = _generate(loaded, bench, tmp_path / "batched.jsonl", batch_size=3, num_workers=2)
+    finally:
+        del model.generate
+    # batches are grouped by image tokens (in file order they would be [176, 160, 256], [112, 256]); the
+    # answers file is in question order all the same
+    tokens = sorted(processor.image_processor.num_image_tokens(h, w) for w, h in SIZES)
+    assert tokens == [112, 160, 176, 256, 256] and batches == [tokens[:3], tokens[3:]]
+    assert (
+        [r["question_id"] for r in single]
+        == [r["question_id"] for r in batched]
+        == [f"q{i}" for i in range(5)]
+    )
     assert [r["text"] for r in batched] == [r["text"] for r in single]  # left padding, mixed image sizes
     assert set(single[0]) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
     assert single[0]["prompt"] == "What is shown 0?" + SUFFIX  # the question text, as LLaVA writes it
@@ -137,6 +168,47 @@ def test_missing_image_names_the_file(loaded, bench, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"question 'q9' \(line 7\): image .*nowhere.jpg not found"):
         generate_answers(*loaded, bad, bench["images"], tmp_path / "a.jsonl")
     assert not (tmp_path / "a.jsonl").exists()  # nothing generated before the check
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_unreadable_image_names_the_question_and_keeps_the_answers_before_it(
+    loaded, bench, tmp_path: Path, batch_size: int
+) -> None:
+    """Batched, the image headers are read first (to group the batches): nothing is generated. At batch 1 a
+    DataLoader worker meets the image: its error names the question, and the answers before it stay."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("0.png", "1.png"):
+        (images / name).write_bytes((bench["images"] / name).read_bytes())
+    (images / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    questions = load_questions(bench["questions"])[:2]
+    questions.append(type(questions[0])("q9", "bad.jpg", "What?" + SUFFIX, 7))
+    out = tmp_path / "answers.jsonl"
+    with pytest.raises(EvalInputError, match=r"question 'q9' \(line 7\): .*bad.jpg"):
+        generate_answers(
+            *loaded, questions, images, out, batch_size=batch_size, max_new_tokens=2, num_workers=1
+        )
+    if batch_size > 1:
+        assert not out.exists()
+    else:
+        assert [json.loads(line)["question_id"] for line in out.read_text().splitlines()] == ["q0", "q1"]
+
+
+def test_image_size_applies_exif_rotation(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6  # stored landscape, shown portrait (a phone photo)
+    Image.new("RGB", (64, 32)).save(tmp_path / "rotated.jpg", exif=exif)
+    Image.new("RGB", (64, 32)).save(tmp_path / "plain.jpg")
+    assert image_size(tmp_path / "rotated.jpg") == (64, 32) and image_size(tmp_path / "plain.jpg") == (32, 64)
+
+
+def test_answers_of_an_interrupted_batched_run_end_in_question_order(loaded, bench, tmp_path: Path) -> None:
+    """A batched run writes in batch order and restores question order at the end; a run killed before that
+    gets it from the next run, even when nothing is left to answer."""
+    out = tmp_path / "answers.jsonl"
+    reference = _generate(loaded, bench, out, batch_size=2)
+    out.write_text("".join(json.dumps(row) + "\n" for row in reversed(reference)))
+    assert _generate(loaded, bench, out, batch_size=2) == reference
 
 
 def test_generate_cli(bench, tmp_path: Path, capsys) -> None:
