@@ -49,12 +49,11 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from llava_patch.eval.generate import NUM_WORKERS, generate_answers, load_questions  # noqa: E402
 from llava_patch.eval.io import write_jsonl  # noqa: E402
-from llava_patch.llm import MODEL_MAX_LENGTH, build_tiny_llama  # noqa: E402
+from llava_patch.llm import random_llama  # noqa: E402
 from llava_patch.model import build  # noqa: E402
 
 # (width, height) in px: the aspect ratios of common photos (COCO / VGA landscape and portrait, square, HD)
@@ -73,21 +72,8 @@ QUESTION = "What is in the {} part of the image?\nAnswer the question using a si
 
 def write_llm(folder: Path, hidden: int, layers: int) -> None:
     """A random LLaMA (`hidden` wide, `layers` deep, head size 32) with the tiny-llama tokenizer."""
-    _, tokenizer = build_tiny_llama()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 8 // 3,
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // 32,
-        num_key_value_heads=hidden // 32,
-        max_position_embeddings=MODEL_MAX_LENGTH,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    model, tokenizer = random_llama(hidden, layers, head_dim=32)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 

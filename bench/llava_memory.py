@@ -48,27 +48,10 @@ STAGES = {"zero2": "scripts/zero2.json", "zero3": "scripts/zero3.json"}
 def write_llm(out: Path, hidden: int, layers: int) -> int:
     """A random LLaMA (LLaMA-7B's proportions at `hidden` wide) in float16 and the tiny twin's tokenizer
     in `out`; returns its parameter count."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from llava_patch.llm import random_llama
 
-    from llava_patch.llm import MODEL_MAX_LENGTH, build_tiny_llama
-
-    _, tokenizer = build_tiny_llama()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 11008 // 4096,
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // 64,
-        num_key_value_heads=hidden // 64,
-        max_position_embeddings=MODEL_MAX_LENGTH,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).half()
-    model.save_pretrained(out)
+    model, tokenizer = random_llama(hidden, layers)
+    model.half().save_pretrained(out)
     tokenizer.save_pretrained(out)
     return sum(p.numel() for p in model.parameters())
 

@@ -44,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from llava_patch.conversation import get_template, tokenizer_image_token  # noqa: E402
-from llava_patch.llm import load_llm  # noqa: E402
+from llava_patch.llm import load_llm, random_llama  # noqa: E402
 from radio_vlm.models.image_processing_radio import RadioImageProcessor  # noqa: E402
 
 CLIP_TOKENS = 576  # CLIP-L/14 at 336 px: (336 / 14)^2, LLaVA-1.5
@@ -92,19 +92,8 @@ def build_llm(args: argparse.Namespace):
     if args.llm:
         model, tokenizer = load_llm(args.llm)
         return model.eval(), tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    _, tokenizer = load_llm("tiny-llama")
-    config = LlamaConfig(
-        hidden_size=args.hidden_size,
-        intermediate_size=int(args.hidden_size * 11008 / 4096),  # LLaMA-7B's MLP ratio
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.hidden_size // 64,
-        num_key_value_heads=args.hidden_size // 64,
-        vocab_size=32000,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval(), tokenizer
+    model, tokenizer = random_llama(args.hidden_size, args.layers, vocab_size=32000)
+    return model.eval(), tokenizer
 
 
 @torch.inference_mode()

@@ -174,6 +174,32 @@ def build_tiny_llama() -> tuple[LlamaForCausalLM, LlamaTokenizer]:
     return model, tokenizer
 
 
+def random_llama(
+    hidden_size: int, num_layers: int, *, head_dim: int = 64, vocab_size: int | None = None
+) -> tuple[LlamaForCausalLM, LlamaTokenizer]:
+    """A random LLaMA `hidden_size` wide and `num_layers` deep in LLaMA-7B's proportions (MLP 11008/4096 of
+    the width, heads of `head_dim`), seed 0, with tiny-llama's tokenizer (and its vocabulary unless
+    `vocab_size` is given): the stand-in for a Vicuna checkpoint where only the LLM's size matters (benchmarks).
+    """
+    _, tokenizer = build_tiny_llama()
+    config = LlamaConfig(
+        vocab_size=vocab_size or len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 11008 // 4096,
+        num_hidden_layers=num_layers,
+        num_attention_heads=hidden_size // head_dim,
+        num_key_value_heads=hidden_size // head_dim,
+        max_position_embeddings=MODEL_MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    return model, tokenizer
+
+
 TINY_LLMS: dict[str, Callable[[], tuple[LlamaForCausalLM, LlamaTokenizer]]] = {"tiny-llama": build_tiny_llama}
 
 
