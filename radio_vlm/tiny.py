@@ -4,6 +4,7 @@ Tests, the demo and other packages use them instead of real weights (nothing is 
 
     model = build_tiny_radio("tiny-radio")            # RadioWithAdaptors, eval mode
     list_tiny_models()                                # ["tiny-radio", ...]
+    tiny_eradio_config()                              # a small E-RADIO backbone's ERadioConfig
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .models.configuration_eradio import ERadioConfig
 from .models.configuration_radio_with_adaptors import RadioWithAdaptorsConfig
 from .models.modeling_radio_with_adaptors import RadioWithAdaptors
 
@@ -117,3 +119,16 @@ def build_tiny_radio(name: str = "tiny-radio", seed: int = 0, **overrides: Any) 
             else:
                 tensor.copy_(0.1 * noise)
     return model.eval()
+
+
+def tiny_eradio_config() -> ERadioConfig:
+    """A small E-RADIO backbone (width 8, one block per level, stride-16 features, inputs in multiples of 32)."""
+    return ERadioConfig(
+        dim=8,
+        in_dim=8,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 2, 2],
+        window_size=2,
+        cpb_mlp_hidden=8,
+        full_features_head_dim=16,
+    )

@@ -17,7 +17,6 @@ from llava_patch.llm import load_llm
 from llava_patch.model import build, build_model, load_pretrained, load_vision_tower, set_token_budget
 from llava_patch.processing import RadioLlavaProcessor
 from radio_vlm import (
-    ERadioConfig,
     RadioImageProcessor,
     RadioLlavaVisionConfig,
     RadioLlavaVisionModel,
@@ -26,7 +25,7 @@ from radio_vlm import (
 )
 from radio_vlm.demo.data import write_training_set
 from radio_vlm.models.token_merge import merge_packed_tokens, merge_tokens, parse_token_merge
-from radio_vlm.tiny import tiny_radio_config
+from radio_vlm.tiny import tiny_eradio_config, tiny_radio_config
 
 MERGES = ["none", "unshuffle:2", "pool:2", "unshuffle:3"]
 # (width, height) px: landscape, portrait, square, extreme aspect, smaller than a patch, larger than long_edge
@@ -61,16 +60,8 @@ def llm():
 def tiny_eradio(seed: int = 0) -> RadioWithAdaptors:
     """A small random E-RADIO (stride-16 features, inputs in multiples of 32) inside RadioWithAdaptors."""
     torch.manual_seed(seed)
-    backbone = ERadioConfig(
-        dim=8,
-        in_dim=8,
-        depths=[1, 1, 1, 1],
-        num_heads=[1, 1, 2, 2],
-        window_size=2,
-        cpb_mlp_hidden=8,
-        full_features_head_dim=16,
-    )
-    return RadioWithAdaptors(RadioWithAdaptorsConfig(backbone_config=backbone.to_dict())).eval()
+    backbone = tiny_eradio_config().to_dict()
+    return RadioWithAdaptors(RadioWithAdaptorsConfig(backbone_config=backbone)).eval()
 
 
 def llava_with(tower: RadioLlavaVisionModel, llm, long_edge: int, max_image_tokens: int | None = None):

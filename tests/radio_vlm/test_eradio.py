@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 import radio_vlm
-from radio_vlm import ERadioConfig, ERadioModel, RadioWithAdaptors, RadioWithAdaptorsConfig
+from radio_vlm import ERadioModel, RadioWithAdaptors, RadioWithAdaptorsConfig
 from radio_vlm.convert.checkpoint import find_constructor, load_constructor
 from radio_vlm.convert.eradio import convert_eradio_checkpoint, eradio_config_from_constructor
+from radio_vlm.tiny import tiny_eradio_config
 
 ATOL = 1e-5  # the project's tolerance against official fixtures (official runs vary by 2.5e-6 across threads)
 
@@ -117,16 +118,7 @@ def test_window_adaptation(converted):
 
 
 def test_trains_end_to_end():
-    config = ERadioConfig(
-        dim=8,
-        in_dim=8,
-        depths=[1, 1, 1, 1],
-        num_heads=[1, 1, 2, 2],
-        window_size=2,
-        cpb_mlp_hidden=8,
-        full_features_head_dim=16,
-    )
-    model = ERadioModel(config).train()
+    model = ERadioModel(tiny_eradio_config()).train()
     out = model(torch.rand(2, 3, 64, 64))
     assert out.summary.shape == (2, 16) and out.features.shape == (2, 16, 16)
     out.features.square().mean().backward()
