@@ -38,19 +38,17 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import PIL.Image
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from llava_patch.conversation import IMAGE_TAG, get_template
 from llava_patch.eval.io import EvalInputError, check_question_id, read_jsonl
-from radio_vlm.models.image_io import load_image
+from radio_vlm.models.image_io import image_size, load_image
 
 CONV_MODE = "vicuna_v1"  # scripts/v1_5/eval/*.sh pass --conv-mode vicuna_v1
 MAX_NEW_TOKENS = 128  # model_vqa_loader.py default
 NUM_WORKERS = min(4, os.cpu_count() or 1)  # model_vqa_loader.py's DataLoader has 4
-EXIF_ORIENTATION = 0x0112  # values 5-8 rotate the image by 90 degrees (width and height swap)
 
 
 @dataclass(frozen=True)
@@ -132,15 +130,6 @@ def model_name(model_path: str) -> str:
     """LLaVA's get_model_name_from_path: the last folder, prefixed by its parent for checkpoint-N folders."""
     parts = Path(model_path.rstrip("/")).parts
     return f"{parts[-2]}_{parts[-1]}" if parts[-1].startswith("checkpoint-") and len(parts) > 1 else parts[-1]
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) in px of an image file as the model sees it (EXIF rotation applied), from its header."""
-    with PIL.Image.open(path) as image:
-        width, height = image.size
-        if image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
-            width, height = height, width
-    return height, width
 
 
 def group_by_image_tokens(questions: list[Question], image_folder: str | Path, processor) -> list[Question]:

@@ -26,7 +26,7 @@ import torch
 from ..evaluation.report import write_report
 from ..features import encode_images, load_model_and_processor
 from ..models.configuration_radio_with_adaptors import RadioWithAdaptorsConfig
-from ..models.image_io import load_image
+from ..models.image_io import image_size, load_image
 from ..models.image_processing_radio import RadioImageProcessor
 from ..visualize import pca_picture
 
@@ -119,11 +119,9 @@ def student_check(student_dir: Path, eval_dir: Path, long_edge: int, picture: Pa
 
 def _image_sizes(eval_dir: Path) -> list[tuple[int, int]]:
     """(height, width) of every test image under `eval_dir`."""
-    sizes = []
-    for path in sorted(p for p in eval_dir.rglob("*") if p.suffix in (".jpg", ".png")):
-        with PIL.Image.open(path) as opened:  # reads the header only
-            sizes.append(opened.size[::-1])
-    return sizes
+    return [
+        image_size(path) for path in sorted(p for p in eval_dir.rglob("*") if p.suffix in (".jpg", ".png"))
+    ]
 
 
 def mean_image_tokens(student_dir: Path, eval_dir: Path, side_flags: dict) -> float:

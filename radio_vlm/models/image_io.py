@@ -27,6 +27,7 @@ ImageSource = str | os.PathLike | bytes | BinaryIO | PIL.Image.Image | np.ndarra
 _CHANNEL_COUNTS = (1, 2, 3, 4)
 # Float pixels slightly outside [0, 1] (resampling overshoot) are clipped; further out is a unit mistake.
 _FLOAT_TOLERANCE = 1e-3
+EXIF_ORIENTATION = 0x0112  # values 5-8 rotate the image by 90 degrees (width and height swap)
 
 
 def load_image(src: ImageSource, name: str | None = None) -> PIL.Image.Image:
@@ -43,6 +44,18 @@ def load_image(src: ImageSource, name: str | None = None) -> PIL.Image.Image:
         return _pil_to_rgb(src, name)
     rgb = _rgb_float(_array_hwc(src, name), name)
     return PIL.Image.fromarray(np.round(rgb * 255.0).astype(np.uint8), mode="RGB")
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) in px of the image file at `path` as `load_image` returns it (EXIF rotation applied),
+    read from the header without decoding the pixels. PIL's error when the file is not an image."""
+    with PIL.Image.open(path) as image:
+        width, height = image.size
+        # a corrupt EXIF block leaves the image as stored, as in load_image
+        with contextlib.suppress(OSError, SyntaxError, ValueError, TypeError):
+            if image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                width, height = height, width
+    return height, width
 
 
 def load_image_tensor(src: ImageSource, name: str | None = None) -> torch.Tensor:

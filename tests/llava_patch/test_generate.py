@@ -14,18 +14,17 @@ from PIL import Image
 
 from llava_patch.cli import main
 from llava_patch.eval.generate import (
-    EXIF_ORIENTATION,
     answered_question_ids,
     build_prompt,
     chunk_slice,
     generate_answers,
-    image_size,
     load_questions,
     model_name,
 )
 from llava_patch.eval.io import EvalInputError, write_jsonl
 from llava_patch.model import build, load_pretrained
 from radio_vlm.demo.data import write_textvqa
+from radio_vlm.models.image_io import EXIF_ORIENTATION, image_size
 
 SUFFIX = "\nAnswer the question using a single word or phrase."
 SIZES = [(96, 64), (64, 112), (80, 80), (112, 48), (64, 64)]  # differently sized and shaped images
